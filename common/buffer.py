@@ -1,0 +1,50 @@
+"""Device-resident replay buffer: a ring over a pytree of arrays, with pure init / add / sample.
+
+The buffer is part of the train state, so it lives on the accelerator, is donated to the compiled chunk (updated in
+place), and can be vmapped over seeds or checkpointed like any other pytree.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+class ReplayBuffer(struct.PyTreeNode):
+    data: dict            # name -> array [capacity, ...]
+    position: jax.Array   # int32: the row the next transition goes to
+    size: jax.Array       # int32: how many rows hold data (≤ capacity)
+
+    @property
+    def capacity(self) -> int:
+        return jax.tree.leaves(self.data)[0].shape[0]
+
+
+def init(capacity: int, example: dict) -> ReplayBuffer:
+    """An empty buffer whose rows have the shapes and dtypes of `example` (one unbatched transition)."""
+    data = jax.tree.map(lambda x: jnp.zeros((capacity, *jnp.shape(x)), jnp.asarray(x).dtype), example)
+    return ReplayBuffer(data=data, position=jnp.int32(0), size=jnp.int32(0))
+
+
+def add(buffer: ReplayBuffer, batch: dict) -> ReplayBuffer:
+    """Write a batch of transitions (leading axis = batch) at the ring position, wrapping past the end."""
+    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    rows = (buffer.position + jnp.arange(batch_size)) % buffer.capacity
+    data = jax.tree.map(lambda store, new: store.at[rows].set(new), buffer.data, batch)
+    return buffer.replace(
+        data=data,
+        position=(buffer.position + batch_size) % buffer.capacity,
+        size=jnp.minimum(buffer.size + batch_size, buffer.capacity),
+    )
+
+
+def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int, recent_window: int, recent_fraction: float) -> dict:
+    """A batch drawn uniformly over the filled buffer, except a `recent_fraction` share drawn uniformly over the
+    `recent_window` newest transitions (FlowRL's reference: 20 % over the newest 2 048)."""
+    num_recent = int(round(batch_size * recent_fraction))
+    uniform_key, recent_key = jax.random.split(key)
+    uniform_rows = jax.random.randint(uniform_key, (batch_size - num_recent,), 0, buffer.size)
+    window = jnp.minimum(buffer.size, recent_window)
+    ages = jax.random.randint(recent_key, (num_recent,), 0, window)  # 0 = newest
+    recent_rows = (buffer.position - 1 - ages) % buffer.capacity
+    rows = jnp.concatenate([uniform_rows, recent_rows])
+    return jax.tree.map(lambda store: store[rows], buffer.data)

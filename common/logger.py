@@ -1,0 +1,148 @@
+"""Run outputs: run directory, config.json, metrics/eval CSVs, TensorBoard, optional wandb, progress bar."""
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from common.plotting import plot_learning_curve, read_eval_csv
+
+
+def make_run_dir(root: str | Path, env_name: str, algo: str, seed: int) -> Path:
+    """Create root/<env>__<algo>__<seed>__<YYYYmmdd-HHMMSS>, with a _N suffix if that name is taken."""
+    base = f"{env_name}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = Path(root) / base, 0
+    while True:
+        try:
+            # exist_ok=False makes the check and the creation one step: two runs started
+            # in the same second never share a directory.
+            run_dir.mkdir(parents=True, exist_ok=False)
+            return run_dir
+        except FileExistsError:
+            n += 1
+            run_dir = Path(root) / f"{base}_{n}"
+
+
+def require_wandb() -> None:
+    """Fail before anything compiles rather than after minutes of JIT."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError as e:
+        raise ValueError("--wandb needs the wandb package, which is not installed: pip install wandb") from e
+
+
+class _CsvLog:
+    """Append-only CSV whose header is fixed by the first row ever written, or by the file when resuming."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns = None
+        if path.exists() and path.stat().st_size > 0:
+            with path.open(newline="") as f:
+                self.columns = next(csv.reader(f))
+        self.file = path.open("a", newline="")
+        self.writer = csv.writer(self.file)
+
+    def write(self, row: dict) -> None:
+        if self.columns is None:
+            self.columns = list(row)
+            self.writer.writerow(self.columns)
+        unknown = [k for k in row if k not in self.columns]
+        if unknown:  # a new column would be silently dropped or would shift the others
+            raise ValueError(f"{self.path.name}: {unknown} not in its header {self.columns} (fixed by the first row)")
+        self.writer.writerow([row.get(k, "") for k in self.columns])
+        self.file.flush()  # a killed run keeps every row written so far
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class RunLogger:
+    """Everything one training run writes: run_dir/{config.json, metrics.csv, eval.csv, tb/, learning_curve.png}."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict,
+        total_steps: int,
+        use_wandb: bool = False,
+        wandb_project: str = "flowrl-jax",
+    ):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # default=str: Paths and other non-JSON values in the resolved config are kept as text
+        (self.run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        self._wandb = None
+        if use_wandb:
+            import wandb
+
+            self._wandb = wandb.init(
+                project=wandb_project, name=self.run_dir.name, config=config, dir=str(self.run_dir)
+            )
+        self._metrics = _CsvLog(self.run_dir / "metrics.csv")
+        self._eval = _CsvLog(self.run_dir / "eval.csv")
+        self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        self.bar = tqdm(
+            total=total_steps,
+            unit="step",
+            unit_scale=True,
+            dynamic_ncols=True,
+            # redirected output (CI, nohup) gets a line every 30 s instead of ten a second
+            mininterval=0.1 if sys.stderr.isatty() else 30,
+        )
+        self._closed, self._curve = False, None
+
+    def log_train(self, step: int, metrics: dict[str, float]) -> None:
+        step = int(step)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self._metrics.write({"step": step, **metrics})
+        for k, v in metrics.items():
+            self._tb.add_scalar(f"train/{k}", v, step)
+        if self._wandb:
+            self._wandb.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
+
+    def log_eval(self, step: int, returns: np.ndarray, mode: str) -> dict[str, float]:
+        step, returns = int(step), np.asarray(returns, dtype=np.float64).ravel()
+        summary = {
+            "return_mean": float(returns.mean()),
+            "return_std": float(returns.std()),
+            "return_min": float(returns.min()),
+            "return_max": float(returns.max()),
+            "num_episodes": len(returns),
+        }
+        returns_text = " ".join(f"{r:.6g}" for r in returns)
+        self._eval.write({"step": step, "mode": mode, **summary, "returns": returns_text})
+        # the mode is part of the tag: two eval modes at one step would otherwise overwrite each other
+        for k, v in summary.items():
+            self._tb.add_scalar(f"eval/{mode}/{k}", v, step)
+        if self._wandb:
+            self._wandb.log({f"eval/{mode}/{k}": v for k, v in summary.items()}, step=step)
+        return summary
+
+    def advance(self, step: int, postfix: dict[str, float | str] | None = None) -> None:
+        if postfix:
+            # set before update() so that the refresh update() triggers already shows it
+            short = {k: v if isinstance(v, str) else f"{float(v):.4g}" for k, v in postfix.items()}
+            self.bar.set_postfix(short, refresh=False)
+        self.bar.update(int(step) - self.bar.n)
+
+    def close(self, curve_title: str | None = None) -> Path | None:
+        if self._closed:
+            return self._curve
+        self._closed = True
+        self.bar.close()
+        self._metrics.close()
+        self._eval.close()
+        self._tb.close()
+        if self._wandb:
+            self._wandb.finish()
+        eval_csv = self.run_dir / "eval.csv"
+        if len(read_eval_csv(eval_csv)["step"]):
+            png = self.run_dir / "learning_curve.png"
+            self._curve = plot_learning_curve(eval_csv, png, curve_title or self.run_dir.name)
+        return self._curve
