@@ -1,0 +1,113 @@
+"""Command line shared by every algorithm: the run flags, their checks, and `--env list`.
+
+Every check here runs before anything compiles; a bad value exits with code 2 and one line naming the flag.
+"""
+
+import dataclasses
+import sys
+from typing import Callable, Literal, TypeVar
+
+import tyro
+
+from common.envs import format_env_list, resolve_env_name
+from common.logger import require_wandb
+
+
+@dataclasses.dataclass
+class RunArgs:
+    env: str = "humanoid-walk"
+    """DM Control task, dm_control style (`humanoid-walk`, `cartpole-balance`, ...); `list` prints all of them."""
+    seed: int = 1
+    """Random seed: network init, noise, environment resets."""
+    num_envs: int = 128
+    """E: environments stepped together on the device."""
+    total_steps: int = 1_000_000
+    """Environment steps to train for, all envs together (rounded up to whole chunks)."""
+    updates_per_iteration: int = 8
+    """U: gradient updates after each step of all E envs (update-to-data ratio U/E)."""
+    batch_size: int = 512
+    """Transitions per gradient update."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions."""
+    start_steps: int = 5_000
+    """Env steps of uniform random actions before learning starts."""
+    learning_rate: float = 3e-4
+    """Adam step size for every network."""
+    gamma: float = 0.99
+    """Discount."""
+    physics: Literal["jax", "warp"] = "jax"
+    """MJX physics backend (`jax` is ~5x faster than warp on CPU)."""
+    episode_length: int | None = None
+    """Time limit in env steps (default: the task's own, 1000 for DMC)."""
+    eval_interval: int = 10_000
+    """Env steps between evaluations."""
+    eval_episodes: int = 5
+    """Evaluation episodes, run in parallel on separate envs."""
+    eval_mode: Literal["stochastic", "deterministic", "both"] = "stochastic"
+    """Policy noise at evaluation: `stochastic` samples as in training, `deterministic` uses the noise mean."""
+    log_interval: int = 5_000
+    """Env steps per compiled chunk: metrics, progress bar and checks happen between chunks."""
+    run_root: str = "runs"
+    """Directory that run directories are created in."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs `pip install wandb`)."""
+    wandb_project: str = "flowrl-jax"
+    """W&B project name."""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def require_positive(args, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ValueError(f"{flag(name)} must be a positive integer (≥ 1), got {getattr(args, name)}")
+
+
+def require_range(args, name: str, low: float, high: float, low_open: bool = False) -> None:
+    value = getattr(args, name)
+    if not (low < value if low_open else low <= value) or value > high:
+        raise ValueError(f"{flag(name)} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
+
+
+def validate_run_args(args: RunArgs) -> None:
+    """The checks every algorithm shares (env name, counts, and the E / U / batch / buffer consistency)."""
+    resolve_env_name(args.env)
+    require_positive(args, "num_envs", "total_steps", "updates_per_iteration", "batch_size", "buffer_size",
+                     "eval_interval", "eval_episodes", "log_interval")
+    if args.episode_length is not None:
+        require_positive(args, "episode_length")
+    if not 0 <= args.start_steps < args.total_steps:
+        raise ValueError(f"--start-steps must be in [0, --total-steps={args.total_steps}), got {args.start_steps}")
+    require_range(args, "gamma", 0.0, 1.0)
+    require_range(args, "learning_rate", 0.0, float("inf"), low_open=True)
+    if args.num_envs > args.buffer_size:
+        raise ValueError(f"--num-envs must be ≤ --buffer-size={args.buffer_size} (one step of all envs must fit in "
+                         f"the buffer), got {args.num_envs}")
+    # Updates start at the first iteration whose env-step count reaches start_steps (at least one iteration).
+    first_update_steps = max(-(-args.start_steps // args.num_envs), 1) * args.num_envs
+    stored = min(first_update_steps, args.buffer_size)
+    if args.batch_size > stored:
+        raise ValueError(f"--batch-size must be ≤ {stored}, the transitions stored at the first update "
+                         f"(--start-steps={args.start_steps}, --num-envs={args.num_envs}), got {args.batch_size}")
+    if args.wandb:
+        require_wandb()
+
+
+Args = TypeVar("Args", bound=RunArgs)
+
+
+def parse_args(args_class: type[Args], validate_algorithm: Callable[[Args], None]) -> Args:
+    """Parse flags; print the env list and exit for `--env list`; exit 2 with one line on any bad value."""
+    args = tyro.cli(args_class)
+    if args.env == "list":
+        print(format_env_list())
+        sys.exit(0)
+    try:
+        validate_run_args(args)
+        validate_algorithm(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return args

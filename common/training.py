@@ -1,0 +1,146 @@
+"""The hot path and the host loop that every algorithm shares.
+
+A chunk is ONE jitted call that scans over iterations of {act → step all E envs → store E transitions → U updates},
+with the train state donated so the replay buffer is updated in place. The host loop runs chunks and does all host
+work (metrics, evaluation, progress, checks) between them. Algorithms supply `act` and `update`; their train state
+is any pytree with the fields `env`, `buffer`, `key`, `env_steps` and `updates`.
+"""
+
+import dataclasses
+import time
+from functools import partial
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common import buffer as replay
+from common.envs import BatchedEnv
+from common.logger import RunLogger, make_run_dir
+
+
+class Trainer(NamedTuple):
+    init: Callable      # key -> train state
+    chunk: Callable     # state -> (state, metrics): one compiled call; the input state is donated
+    evaluate: Callable  # (state, key, deterministic: bool) -> per-episode returns [eval_episodes]
+    env_steps_per_chunk: int
+
+
+def to_env_bounds(env: BatchedEnv, action):
+    """Map a squashed action in [-1, 1] to the env's actuator range."""
+    low, high = jnp.asarray(env.action_low), jnp.asarray(env.action_high)
+    return low + (action + 1.0) * 0.5 * (high - low)
+
+
+def empty_transition(env: BatchedEnv) -> dict:
+    """One unbatched transition: the replay row layout."""
+    obs = jnp.zeros(env.obs_size)
+    return dict(obs=obs, action=jnp.zeros(env.action_size), reward=jnp.float32(0), next_obs=obs, mask=jnp.float32(0))
+
+
+def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: Callable,
+               policy_metric_names: tuple[str, ...] = ()) -> tuple[Callable, int]:
+    """The compiled chunk, and the env steps it covers.
+
+    act(state, obs, key) -> action in [-1, 1]; update(state, key) -> (state, metrics), where metrics may carry
+    `policy_updated` (0 or 1) so that the metrics in `policy_metric_names` average over policy updates only;
+    learned(state) -> the parameters whose finiteness is checked.
+    """
+    num_envs, iterations = env.num_envs, -(-args.log_interval // env.num_envs)
+
+    def run_updates(state):
+        key, update_key = jax.random.split(state.key)
+        return jax.lax.scan(update, state.replace(key=key), jax.random.split(update_key, args.updates_per_iteration))
+
+    def skip_updates(state):
+        metrics = jax.eval_shape(run_updates, state)[1]
+        return state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
+
+    def iteration(state, _):
+        key, policy_key, random_key = jax.random.split(state.key, 3)
+        obs = state.env.obs
+        action = jnp.where(
+            state.env_steps < args.start_steps,
+            jax.random.uniform(random_key, (num_envs, env.action_size), minval=-1.0, maxval=1.0),
+            act(state, obs, policy_key),
+        )
+        env_state, step = env.step(state.env, to_env_bounds(env, action))
+        # The mask cuts the bootstrap only on true termination; a time limit still bootstraps from the true s'.
+        transition = dict(obs=obs, action=action, reward=step.reward, next_obs=step.next_obs,
+                          mask=1.0 - step.terminated.astype(jnp.float32))
+        state = state.replace(buffer=replay.add(state.buffer, transition), env=env_state, key=key,
+                              env_steps=state.env_steps + num_envs)
+        learning = state.env_steps >= args.start_steps
+        state, metrics = jax.lax.cond(learning, run_updates, skip_updates, state)
+        done = step.terminated | step.truncated
+        stats = dict(episodes=done.sum(), return_sum=jnp.where(done, step.episode_return, 0.0).sum(),
+                     learning=learning.astype(jnp.float32))
+        return state, (metrics, stats)
+
+    @partial(jax.jit, donate_argnums=0)
+    def chunk(state):
+        state, (update_metrics, stats) = jax.lax.scan(iteration, state, None, length=iterations)
+        update_weight = stats["learning"][:, None]  # [iterations, 1]: no updates before learning starts
+        policy_weight = update_weight * update_metrics.pop("policy_updated", jnp.ones_like(update_weight))
+        metrics = {}
+        for name, values in update_metrics.items():
+            weight = policy_weight if name in policy_metric_names else update_weight
+            metrics[name] = (values * weight).sum() / jnp.maximum(weight.sum(), 1.0)
+        metrics["updates"] = stats["learning"].sum() * args.updates_per_iteration
+        episodes = stats["episodes"].sum()
+        metrics["train_episodes"] = episodes
+        metrics["train_return"] = jnp.where(episodes > 0, stats["return_sum"].sum() / jnp.maximum(episodes, 1), jnp.nan)
+        metrics["params_finite"] = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(learned(state))]))
+        return state, metrics
+
+    return chunk, iterations * num_envs
+
+
+def check_finite(metrics: dict, step: int) -> None:
+    """Stop on a NaN/Inf in any loss, value or parameter (the metrics so far are already on disk)."""
+    if not metrics["params_finite"]:
+        raise FloatingPointError(f"non-finite network parameters in the chunk ending at env step {step}")
+    for name, value in metrics.items():
+        if name != "train_return" and not np.isfinite(value):  # train_return is NaN when no episode ended
+            raise FloatingPointError(f"non-finite {name} ({value}) in the chunk ending at env step {step}")
+
+
+def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
+    """Run chunks until `total_steps`, evaluating every `eval_interval` env steps and at the end."""
+    run_dir = make_run_dir(args.run_root, args.env, algo, args.seed)
+    num_chunks = -(-args.total_steps // trainer.env_steps_per_chunk)
+    total_steps_run = num_chunks * trainer.env_steps_per_chunk
+    config = dict(dataclasses.asdict(args), algo=algo, playground_env=env.playground_name,
+                  env_steps_per_chunk=trainer.env_steps_per_chunk, total_steps_run=total_steps_run,
+                  device=str(jax.devices()[0]), jax_version=jax.__version__)
+    logger = RunLogger(run_dir, config, total_steps_run, use_wandb=args.wandb, wandb_project=args.wandb_project)
+    print(f"run directory: {run_dir}", flush=True)
+    eval_modes = ["stochastic", "deterministic"] if args.eval_mode == "both" else [args.eval_mode]
+    key, init_key = jax.random.split(jax.random.key(args.seed))
+    try:
+        state = trainer.init(init_key)
+        for chunk_index in range(1, num_chunks + 1):
+            start = time.perf_counter()
+            state, metrics = trainer.chunk(state)
+            metrics = jax.device_get(metrics)
+            seconds = time.perf_counter() - start
+            step = chunk_index * trainer.env_steps_per_chunk
+            check_finite(metrics, step)
+            metrics = {name: float(value) for name, value in metrics.items() if name != "params_finite"}
+            metrics["env_steps_per_s"] = trainer.env_steps_per_chunk / seconds
+            metrics["updates_per_s"] = metrics.pop("updates") / seconds
+            logger.log_train(step, metrics)
+            postfix = {}
+            if "critic_loss" in metrics:
+                postfix["critic_loss"] = f"{metrics['critic_loss']:.3g}"
+            previous_step = step - trainer.env_steps_per_chunk
+            if step // args.eval_interval > previous_step // args.eval_interval or chunk_index == num_chunks:
+                for mode in eval_modes:
+                    key, eval_key = jax.random.split(key)
+                    returns = np.asarray(trainer.evaluate(state, eval_key, mode == "deterministic"))
+                    summary = logger.log_eval(step, returns, mode)
+                    postfix[f"eval_{mode[:3]}"] = f"{summary['return_mean']:.1f}"
+            logger.advance(step, postfix)
+    finally:
+        logger.close(curve_title=f"{algo} on {args.env} (seed {args.seed})")

@@ -1,0 +1,318 @@
+"""FlowRL: flow-based policy for online RL (Lv et al., NeurIPS 2025), in JAX on MJX environments.
+
+The policy is a velocity field v(s, x, t); an action is tanh(x_1), where x_1 integrates dx/dt = v from noise x_0 with
+midpoint steps (one `lax.scan`). The actor maximises Q through the integration while a conditional-flow-matching
+loss on replay actions, weighted by how far the policy's Q falls below an IQL-style behaviour-optimal value, keeps it
+close to the best behaviour seen in the buffer.
+
+Hot path: a Python loop over chunks; each chunk is ONE jitted call that scans over
+{act → step all envs → write transitions → U fused updates}, with the whole train state donated.
+Paper mode (the reference implementation): `--num-envs 1 --updates-per-iteration 1 --batch-size 256`.
+"""
+
+import dataclasses
+from functools import partial
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from common import buffer as replay
+from common import training
+from common.cli import RunArgs, parse_args, require_positive, require_range
+from common.envs import BatchedEnv, EnvState
+from common.evaluation import make_evaluator
+
+
+@dataclasses.dataclass
+class Args(RunArgs):
+    """FlowRL. Defaults for many envs follow Playground's published SAC config (128 envs, batch 512, 8 updates per
+    iteration); the reference values are noted per flag."""
+
+    hidden_dim: int = 512
+    """Width of the velocity field and of every critic."""
+    flow_steps: int = 1
+    """N: midpoint steps of the flow ODE from t=0 to t=1."""
+    lagrange: float = 0.1
+    """λ: scale of the flow-matching weight, clipped to [1e-3, 1]."""
+    expectile: float = 0.9
+    """τ of the expectile loss for the behaviour-optimal value V_β (reference suggests 0.8 for harder tasks)."""
+    target_rate: float = 0.95
+    """ρ: target ← (1-ρ)·target + ρ·online, applied every `policy_delay` updates (reference 0.95: a near copy)."""
+    policy_delay: int = 2
+    """Policy and target updates happen on every `policy_delay`-th update."""
+    policy_loss: Literal["reference", "paper"] = "reference"
+    """`reference`: mean(-Q) + mean(w)·mean(cfm); `paper`: mean(-Q + w·cfm), per-sample weights as in the paper."""
+    recent_window: int = 2048
+    """Newest transitions that the recent share of each batch is drawn from."""
+    recent_fraction: float = 0.2
+    """Share of each batch drawn from the recent window (the rest is uniform over the buffer)."""
+
+
+def validate_args(args: Args) -> None:
+    require_positive(args, "hidden_dim", "flow_steps", "policy_delay", "recent_window")
+    require_range(args, "expectile", 0.0, 1.0, low_open=True)
+    require_range(args, "recent_fraction", 0.0, 1.0)
+    require_range(args, "target_rate", 0.0, 1.0, low_open=True)
+    require_range(args, "lagrange", 0.0, float("inf"), low_open=True)
+    if args.recent_window > args.buffer_size:
+        raise ValueError(f"--recent-window must be ≤ --buffer-size={args.buffer_size}, got {args.recent_window}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Networks
+# ----------------------------------------------------------------------------------------------------------------------
+class VelocityField(nn.Module):
+    """v_θ(s, x, t): concat[s, x, t] → 2 × (Dense → LayerNorm → ELU) → Dense(action_dim); Xavier weights, zero biases."""
+
+    hidden_dim: int
+    action_dim: int
+
+    @nn.compact
+    def __call__(self, obs, x, t):
+        dense = partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros)
+        h = jnp.concatenate([obs, x, t], axis=-1)
+        for _ in range(2):
+            h = nn.elu(nn.LayerNorm()(dense(self.hidden_dim)(h)))
+        return dense(self.action_dim)(h)
+
+
+class CriticHead(nn.Module):
+    """One value head: Dense, then LN → Dense → LN → GELU → Dense → LN → GELU → Dense → LN, then Dense(1)."""
+
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, *inputs):
+        h = nn.Dense(self.hidden_dim)(jnp.concatenate(inputs, axis=-1))
+        h = nn.Dense(self.hidden_dim)(nn.LayerNorm()(h))
+        h = nn.gelu(nn.LayerNorm()(h))
+        h = nn.Dense(self.hidden_dim)(h)
+        h = nn.gelu(nn.LayerNorm()(h))
+        h = nn.Dense(self.hidden_dim)(h)
+        return nn.Dense(1)(nn.LayerNorm()(h)).squeeze(-1)
+
+
+def critic_ensemble(hidden_dim: int, num_heads: int) -> nn.Module:
+    """`num_heads` independent heads with stacked parameters; output [num_heads, batch]."""
+    ensemble = nn.vmap(
+        CriticHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0,
+        axis_size=num_heads,
+    )
+    return ensemble(hidden_dim)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The flow policy and the losses (pure functions, unit-tested on their own)
+# ----------------------------------------------------------------------------------------------------------------------
+def integrate_midpoint(velocity, x0, num_steps: int):
+    """x_{k+1} = x_k + h·v(x_k + h/2·v(x_k, t_k), t_k + h/2), t_k = k·h, h = 1/N: one scan, differentiable."""
+    step_size = 1.0 / num_steps
+
+    def midpoint_step(x, k):
+        t = k * step_size
+        x_half = x + 0.5 * step_size * velocity(x, t)
+        return x + step_size * velocity(x_half, t + 0.5 * step_size), None
+
+    x1, _ = jax.lax.scan(midpoint_step, x0, jnp.arange(num_steps, dtype=jnp.float32))
+    return x1
+
+
+def clipped_noise(key, shape):
+    """x_0 ~ N(0, I) clipped to [-1, 1], as the reference draws it."""
+    return jnp.clip(jax.random.normal(key, shape), -1.0, 1.0)
+
+
+def expectile_loss(diff, expectile: float):
+    """mean |τ − 1(u < 0)|·u²: with τ > 0.5, under-estimates cost more, so V tracks an upper expectile of Q."""
+    weight = jnp.where(diff < 0, 1.0 - expectile, expectile)
+    return jnp.mean(weight * diff**2)
+
+
+def flow_matching_pairs(actions, x0, t):
+    """The linear CFM path from noise to a buffer action: x_t = t·a + (1−t)·x_0, target velocity a − x_0."""
+    return t * actions + (1.0 - t) * x0, actions - x0
+
+
+def flow_matching_weights(q_behaviour, q_policy, lagrange: float):
+    """w = clip(λ·exp(g − mean g), 1e-3, 1), g = relu(Q_β − Q_π) without gradient: pull harder toward the buffer's
+    best actions where the policy falls short of them."""
+    gap = jax.lax.stop_gradient(jax.nn.relu(q_behaviour - q_policy))
+    return jnp.clip(lagrange * jnp.exp(gap - gap.mean()), 1e-3, 1.0)
+
+
+def policy_objective(q_policy, cfm_error, weights, mode: str):
+    """`reference` reduces the CFM error to a scalar before weighting; `paper` weights each sample."""
+    if mode == "reference":
+        return jnp.mean(-q_policy) + jnp.mean(weights) * jnp.mean(cfm_error)
+    return jnp.mean(-q_policy + weights * cfm_error)
+
+
+def is_policy_update(update_count, policy_delay: int):
+    """The policy and the targets move on updates policy_delay, 2·policy_delay, … (update_count counts from 1)."""
+    return update_count % policy_delay == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Train state
+# ----------------------------------------------------------------------------------------------------------------------
+class TrainState(struct.PyTreeNode):
+    policy: dict
+    q: dict
+    q_target: dict
+    q_beta: dict
+    q_beta_target: dict
+    v_beta: dict
+    policy_opt: optax.OptState
+    q_opt: optax.OptState
+    q_beta_opt: optax.OptState
+    v_beta_opt: optax.OptState
+    buffer: replay.ReplayBuffer
+    env: EnvState
+    key: jax.Array
+    env_steps: jax.Array  # int32, all envs together
+    updates: jax.Array    # int32, gradient updates done
+
+
+def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.Trainer:
+    obs_size, action_size = env.obs_size, env.action_size
+    velocity_net = VelocityField(args.hidden_dim, action_size)
+    q_net = critic_ensemble(args.hidden_dim, 2)
+    v_net = critic_ensemble(args.hidden_dim, 1)
+    optimiser = optax.adam(args.learning_rate)
+
+    def flow_action(policy_params, obs, x0):
+        """Squashed action in [-1, 1]^d from noise x0, differentiable w.r.t. the policy parameters."""
+        def velocity(x, t):
+            return velocity_net.apply(policy_params, obs, x, jnp.full((*x.shape[:-1], 1), t))
+        return jnp.tanh(integrate_midpoint(velocity, x0, args.flow_steps))
+
+    def sample_action(policy_params, obs, key):
+        return flow_action(policy_params, obs, clipped_noise(key, (*obs.shape[:-1], action_size)))
+
+    def init(key) -> TrainState:
+        key, policy_key, q_key, q_beta_key, v_key, env_key = jax.random.split(key, 6)
+        obs, act = jnp.zeros((1, obs_size)), jnp.zeros((1, action_size))
+        policy = velocity_net.init(policy_key, obs, act, jnp.zeros((1, 1)))
+        q = q_net.init(q_key, obs, act)
+        q_beta = q_net.init(q_beta_key, obs, act)
+        v_beta = v_net.init(v_key, obs)
+        return TrainState(
+            policy=policy, q=q, q_target=q, q_beta=q_beta, q_beta_target=q_beta, v_beta=v_beta,
+            policy_opt=optimiser.init(policy), q_opt=optimiser.init(q), q_beta_opt=optimiser.init(q_beta),
+            v_beta_opt=optimiser.init(v_beta),
+            buffer=replay.init(args.buffer_size, training.empty_transition(env)), env=env.reset(env_key), key=key,
+            env_steps=jnp.int32(0), updates=jnp.int32(0),
+        )
+
+    def adam_step(params, opt_state, grads):
+        updates, opt_state = optimiser.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    def update(state: TrainState, key):
+        """One FlowRL update (FLOWRL.md steps 1–5) on a fresh batch."""
+        batch_key, next_noise_key, policy_noise_key, cfm_noise_key, cfm_time_key = jax.random.split(key, 5)
+        batch = replay.sample(state.buffer, batch_key, args.batch_size, args.recent_window, args.recent_fraction)
+        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        discount = args.gamma * batch["mask"]
+
+        # 1. Critic: bootstrap from the target twin at a fresh policy action.
+        next_action = sample_action(state.policy, next_obs, next_noise_key)
+        target = batch["reward"] + discount * q_net.apply(state.q_target, next_obs, next_action).min(0)
+
+        def q_loss_fn(params, target):
+            q = q_net.apply(params, obs, action)
+            return ((q - target) ** 2).mean(1).sum(), q
+
+        (q_loss, q_values), grads = jax.value_and_grad(q_loss_fn, has_aux=True)(state.q, target)
+        q_params, q_opt = adam_step(state.q, state.q_opt, grads)
+
+        # 2. Behaviour-optimal critic: bootstrap from V_β; keep min Q_β from before its step for the weights.
+        target_beta = batch["reward"] + discount * v_net.apply(state.v_beta, next_obs)[0]
+        (q_beta_loss, q_beta_values), grads = jax.value_and_grad(q_loss_fn, has_aux=True)(state.q_beta, target_beta)
+        q_beta_params, q_beta_opt = adam_step(state.q_beta, state.q_beta_opt, grads)
+        q_beta_min = q_beta_values.min(0)
+
+        # 3. Behaviour-optimal value: an upper expectile of the target Q_β.
+        q_beta_target_min = q_net.apply(state.q_beta_target, obs, action).min(0)
+
+        def v_loss_fn(params):
+            v = v_net.apply(params, obs)[0]
+            return expectile_loss(q_beta_target_min - v, args.expectile), v
+
+        (v_loss, v_values), grads = jax.value_and_grad(v_loss_fn, has_aux=True)(state.v_beta)
+        v_beta_params, v_beta_opt = adam_step(state.v_beta, state.v_beta_opt, grads)
+
+        # 4–5. Policy and targets, every `policy_delay` updates.
+        update_count = state.updates + 1
+
+        def policy_loss_fn(params):
+            q_policy = q_net.apply(q_params, obs, sample_action(params, obs, policy_noise_key)).min(0)
+            weights = flow_matching_weights(q_beta_min, q_policy, args.lagrange)
+            t = jax.random.uniform(cfm_time_key, (args.batch_size, 1))
+            x_t, target_velocity = flow_matching_pairs(action, clipped_noise(cfm_noise_key, action.shape), t)
+            cfm_error = ((velocity_net.apply(params, obs, x_t, t) - target_velocity) ** 2).mean(-1)
+            loss = policy_objective(q_policy, cfm_error, weights, args.policy_loss)
+            return loss, dict(policy_loss=loss, q_policy=q_policy.mean(), cfm_error=cfm_error.mean(),
+                              weight_mean=weights.mean(), weight_min=weights.min(), weight_max=weights.max())
+
+        def policy_and_targets(_):
+            grads, metrics = jax.grad(policy_loss_fn, has_aux=True)(state.policy)
+            policy, policy_opt = adam_step(state.policy, state.policy_opt, grads)
+            q_target = optax.incremental_update(q_params, state.q_target, args.target_rate)
+            q_beta_target = optax.incremental_update(q_beta_params, state.q_beta_target, args.target_rate)
+            return policy, policy_opt, q_target, q_beta_target, metrics
+
+        def unchanged(_):
+            metrics = jax.eval_shape(lambda: jax.grad(policy_loss_fn, has_aux=True)(state.policy)[1])
+            metrics = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
+            return state.policy, state.policy_opt, state.q_target, state.q_beta_target, metrics
+
+        policy, policy_opt, q_target, q_beta_target, policy_metrics = jax.lax.cond(
+            is_policy_update(update_count, args.policy_delay), policy_and_targets, unchanged, None)
+
+        state = state.replace(
+            policy=policy, q=q_params, q_target=q_target, q_beta=q_beta_params, q_beta_target=q_beta_target,
+            v_beta=v_beta_params, policy_opt=policy_opt, q_opt=q_opt, q_beta_opt=q_beta_opt, v_beta_opt=v_beta_opt,
+            updates=update_count,
+        )
+        metrics = dict(critic_loss=q_loss, q_mean=q_values.mean(), q_beta_loss=q_beta_loss,
+                       q_beta_mean=q_beta_values.mean(), v_beta_loss=v_loss, v_beta_mean=v_values.mean(),
+                       policy_updated=is_policy_update(update_count, args.policy_delay).astype(jnp.float32),
+                       **policy_metrics)
+        return state, metrics
+
+    chunk, env_steps_per_chunk = training.make_chunk(
+        args, env, act=lambda state, obs, key: sample_action(state.policy, obs, key), update=update,
+        learned=lambda state: (state.policy, state.q, state.q_beta, state.v_beta),
+        policy_metric_names=("policy_loss", "q_policy", "cfm_error", "weight_mean", "weight_min", "weight_max"))
+
+    def eval_action(params, obs, key):
+        policy_params, deterministic = params
+        x0 = jnp.where(deterministic, 0.0, clipped_noise(key, (*obs.shape[:-1], action_size)))
+        return training.to_env_bounds(eval_env, flow_action(policy_params, obs, x0))
+
+    evaluate_episodes = jax.jit(make_evaluator(eval_env, eval_action))
+
+    def evaluate(state: TrainState, key, deterministic: bool):
+        return evaluate_episodes((state.policy, jnp.bool_(deterministic)), key)
+
+    return training.Trainer(init=jax.jit(init), chunk=chunk, evaluate=evaluate,
+                            env_steps_per_chunk=env_steps_per_chunk)
+
+
+def train(args: Args) -> None:
+    env = BatchedEnv(args.env, args.num_envs, physics=args.physics, episode_length=args.episode_length)
+    eval_env = BatchedEnv(args.env, args.eval_episodes, physics=args.physics, episode_length=args.episode_length)
+    training.train(args, make_trainer(args, env, eval_env), "flowrl", env)
+
+
+def main() -> None:
+    train(parse_args(Args, validate_args))
+
+
+if __name__ == "__main__":
+    main()
