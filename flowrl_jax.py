@@ -300,7 +300,7 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
     def evaluate(state: TrainState, key, deterministic: bool):
         return evaluate_episodes((state.policy, jnp.bool_(deterministic)), key)
 
-    return training.Trainer(init=jax.jit(init), chunk=chunk, evaluate=evaluate,
+    return training.Trainer(init=jax.jit(init), chunk=chunk, evaluate=evaluate, update=update,
                             env_steps_per_chunk=env_steps_per_chunk)
 
 

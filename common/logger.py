@@ -100,7 +100,9 @@ class RunLogger:
     def log_train(self, step: int, metrics: dict[str, float]) -> None:
         step = int(step)
         metrics = {k: float(v) for k, v in metrics.items()}
-        self._metrics.write({"step": step, **metrics})
+        # NaN means "no value in this row" (e.g. no episode ended in the chunk): an empty cell, no scalar.
+        self._metrics.write({"step": step, **{k: "" if np.isnan(v) else v for k, v in metrics.items()}})
+        metrics = {k: v for k, v in metrics.items() if not np.isnan(v)}
         for k, v in metrics.items():
             self._tb.add_scalar(f"train/{k}", v, step)
         if self._wandb:

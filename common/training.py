@@ -24,6 +24,7 @@ class Trainer(NamedTuple):
     init: Callable      # key -> train state
     chunk: Callable     # state -> (state, metrics): one compiled call; the input state is donated
     evaluate: Callable  # (state, key, deterministic: bool) -> per-episode returns [eval_episodes]
+    update: Callable    # (state, key) -> (state, metrics): one gradient update, as the chunk runs it
     env_steps_per_chunk: int
 
 

@@ -1,6 +1,10 @@
 """The compiled FlowRL train step on a real MJX task: compile once, the update schedule, and the learning test."""
 
 import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -10,9 +14,19 @@ import flowrl_jax as flowrl
 from common.envs import BatchedEnv
 from common.plotting import read_eval_csv
 
+ROOT = Path(__file__).resolve().parents[1]
 # One iteration per chunk (log_interval = num_envs) so that each chunk is exactly one env step + U updates.
 TINY = flowrl.Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
-                   hidden_dim=32, log_interval=4, total_steps=64, eval_episodes=2, episode_length=20)
+                   hidden_dim=32, log_interval=4, total_steps=64, eval_interval=32, eval_episodes=2, episode_length=20)
+# The same run as command-line flags: the smoke subprocess then builds the programs the fixture compiled (and cached).
+TINY_FLAGS = [f"--{name.replace('_', '-')}={getattr(TINY, name)}" for name in (
+    "env", "num_envs", "updates_per_iteration", "batch_size", "start_steps", "hidden_dim", "log_interval",
+    "total_steps", "eval_interval", "eval_episodes", "episode_length")]
+
+
+def run_script(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "flowrl_jax.py", *flags], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +99,46 @@ def test_flowrl_learns_cartpole_balance(tmp_path):
     (run_dir,) = tmp_path.iterdir()
     evaluations = read_eval_csv(run_dir / "eval.csv")
     assert max(evaluations["return_mean"]) > 700
+
+
+def test_script_runs_end_to_end_and_writes_its_run_directory(tmp_path, tiny_trainer):
+    result = run_script(*TINY_FLAGS, f"--run-root={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.startswith("cartpole-balance__flowrl__1__")
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["env"] == "cartpole-balance" and config["policy_loss"] == "reference" and config["num_envs"] == 4
+    metrics_header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in ("step", "critic_loss", "q_mean", "q_beta_mean", "v_beta_loss", "policy_loss", "cfm_error",
+                   "weight_mean", "train_return", "env_steps_per_s", "updates_per_s"):
+        assert column in metrics_header
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 64 // 4  # header + one row per chunk
+    evaluations = read_eval_csv(run_dir / "eval.csv")
+    assert list(evaluations["step"]) == [32, 64] and np.all(np.isfinite(evaluations["return_mean"]))
+    assert (run_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((run_dir / "tb").iterdir())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--env", "humanoid-wlk"], "close matches: humanoid-walk"),
+    (["--num-envs", "0"], "--num-envs must be a positive integer"),
+    (["--total-steps", "-5"], "--total-steps must be a positive integer"),
+    (["--start-steps", "2000", "--total-steps", "1000"], "--start-steps must be in [0, --total-steps=1000)"),
+    (["--num-envs", "4", "--start-steps", "100", "--batch-size", "256"], "--batch-size must be ≤ 100"),
+    (["--num-envs", "64", "--buffer-size", "32", "--batch-size", "16", "--recent-window", "16"],
+     "--num-envs must be ≤ --buffer-size=32"),
+    (["--recent-window", "4096", "--buffer-size", "2048"], "--recent-window must be ≤ --buffer-size=2048"),
+    (["--expectile", "1.5"], "--expectile must be in (0.0, 1.0]"),
+])
+def test_bad_input_exits_2_with_one_line_before_compiling(tmp_path, flags, message):
+    result = run_script(*flags, f"--run-root={tmp_path}")
+    assert result.returncode == 2
+    assert message in result.stderr and result.stderr.strip().count("\n") == 0
+    assert not any(tmp_path.iterdir())  # stopped before creating a run, let alone compiling
+
+
+def test_env_list_prints_every_task():
+    result = run_script("--env", "list")
+    assert result.returncode == 0
+    assert "humanoid-walk" in result.stdout and "CartpoleBalance" in result.stdout
+    assert len(result.stdout.strip().splitlines()) == 25

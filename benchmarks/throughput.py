@@ -1,0 +1,127 @@
+"""Throughput of the compiled hot path: env-steps/s and updates/s, and the arithmetic rate of the update alone.
+
+For each E in --num-envs it builds the algorithm's trainer, runs one chunk to compile and fill the buffer, then
+times whole chunks of {act → step E envs → store → U updates}. Separately it times a scan of updates alone and
+reads its FLOP count from XLA's cost analysis, to report achieved GFLOP/s against --peak-gflops.
+Rows are appended to --out (CSV) with the device and the exact command.
+
+    python benchmarks/throughput.py --algo flowrl --env cheetah-run --num-envs 1 256 --updates-per-iteration 1
+"""
+
+import csv
+import dataclasses
+import datetime
+import importlib
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import jax
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.envs import BatchedEnv  # noqa: E402
+
+
+@dataclasses.dataclass
+class Args:
+    algo: Literal["flowrl", "sac"] = "flowrl"
+    """Algorithm script to measure (flowrl_jax.py or sac_jax.py)."""
+    env: str = "cheetah-run"
+    """Task, as for the training scripts."""
+    num_envs: tuple[int, ...] = (1, 256)
+    """E values to measure, one row each."""
+    updates_per_iteration: int = 1
+    """U: updates after each step of all envs."""
+    hidden_dim: int = 512
+    """Width of every network (the reference size is 512)."""
+    batch_size: int = 256
+    """Batch per update (the reference size is 256)."""
+    timed_steps: int = 2_000
+    """Env steps per timed chunk (at least one iteration)."""
+    repeats: int = 3
+    """Timed chunks per E; the best is reported."""
+    update_only: int = 50
+    """Updates in the update-only timing."""
+    peak_gflops: float = 166.0
+    """Peak FP32 GFLOP/s of the device (2-core AMD EPYC Zen 4 here: 2 cores × 2 FMA × 16 lanes × ~2.6 GHz)."""
+    out: str = "benchmarks/results/throughput_cpu.csv"
+    """CSV that rows are appended to."""
+
+
+def algorithm_args(module, args: Args, num_envs: int, iterations: int):
+    sizes = {name: args.hidden_dim for name in ("hidden_dim", "actor_hidden_dim", "critic_hidden_dim")
+             if name in {f.name for f in dataclasses.fields(module.Args)}}
+    return dataclasses.replace(
+        module.Args(), env=args.env, num_envs=num_envs, updates_per_iteration=args.updates_per_iteration,
+        batch_size=args.batch_size, start_steps=args.batch_size, log_interval=iterations * num_envs,
+        total_steps=10 * iterations * num_envs, eval_episodes=1, **sizes)
+
+
+def best_seconds(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(function())
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(args: Args, num_envs: int) -> dict:
+    module = importlib.import_module(f"{args.algo}_jax")
+    iterations = max(1, -(-max(args.timed_steps, args.batch_size) // num_envs))
+    run_args = algorithm_args(module, args, num_envs, iterations)
+    env = BatchedEnv(args.env, num_envs)
+    trainer = module.make_trainer(run_args, env, BatchedEnv(args.env, 1))
+    state = trainer.init(jax.random.key(0))
+    start = time.perf_counter()
+    state, _ = jax.block_until_ready(trainer.chunk(state))  # compiles, and fills the buffer past one batch
+    compile_seconds = time.perf_counter() - start
+
+    holder = [state]
+
+    def run_chunk():
+        holder[0], metrics = trainer.chunk(holder[0])
+        return metrics
+
+    chunk_seconds = best_seconds(run_chunk, args.repeats)
+
+    update_keys = jax.random.split(jax.random.key(1), args.update_only)
+    updates = jax.jit(lambda state, keys: jax.lax.scan(trainer.update, state, keys)[1])
+    compiled_updates = updates.lower(holder[0], update_keys).compile()
+    update_flops = compiled_updates.cost_analysis()["flops"] / args.update_only
+    update_seconds = best_seconds(lambda: compiled_updates(holder[0], update_keys), args.repeats) / args.update_only
+
+    return dict(
+        date=datetime.date.today().isoformat(), device=str(jax.devices()[0]), cpu=platform.processor() or platform.machine(),
+        algo=args.algo, env=args.env, num_envs=num_envs, updates_per_iteration=args.updates_per_iteration,
+        hidden_dim=args.hidden_dim, batch_size=args.batch_size,
+        env_steps_per_s=round(iterations * num_envs / chunk_seconds, 1),
+        updates_per_s=round(iterations * args.updates_per_iteration / chunk_seconds, 2),
+        update_only_per_s=round(1.0 / update_seconds, 2), gflop_per_update=round(update_flops / 1e9, 3),
+        update_gflops=round(update_flops / update_seconds / 1e9, 1),
+        peak_fraction=round(update_flops / update_seconds / 1e9 / args.peak_gflops, 3),
+        compile_s=round(compile_seconds, 1), command="python " + shlex.join(sys.argv),
+    )
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for num_envs in args.num_envs:
+        row = measure(args, num_envs)
+        print(row, flush=True)
+        new_file = not out.exists()
+        with out.open("a", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(row))
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+if __name__ == "__main__":
+    main()

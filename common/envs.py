@@ -1,0 +1,239 @@
+"""DM Control tasks from MuJoCo Playground (MJX) as one batch of E envs with pure, jittable reset/step.
+
+Names are dm_control style, all lower case and hyphenated (`humanoid-walk`, `ball-in-cup-catch`,
+`point-mass-easy`); dm_control's own spellings with underscores (`point_mass-easy`, `finger-turn_easy`) and the
+Playground names (`HumanoidWalk`) are accepted too. `--env list` prints the table (`format_env_list`).
+
+Auto-reset keeps the true final observation: `step` returns s' of every transition in `StepOutput.next_obs` and
+only then resets the envs whose episode ended, so `EnvState.obs` is what the policy acts on next. Playground's own
+AutoResetWrapper overwrites s' with the reset observation, and DMC episodes end by time limit, so a time limit is
+reported as `truncated` (bootstrap from next_obs), never as `terminated`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# dm_control-style name -> Playground name, all 25 tasks of mujoco_playground.dm_control_suite.ALL_ENVS.
+# Kept as a literal so that name checks and `--env list` need no MJX import.
+ENV_NAMES: dict[str, str] = {
+    "acrobot-swingup": "AcrobotSwingup",
+    "acrobot-swingup-sparse": "AcrobotSwingupSparse",
+    "ball-in-cup-catch": "BallInCup",
+    "cartpole-balance": "CartpoleBalance",
+    "cartpole-balance-sparse": "CartpoleBalanceSparse",
+    "cartpole-swingup": "CartpoleSwingup",
+    "cartpole-swingup-sparse": "CartpoleSwingupSparse",
+    "cheetah-run": "CheetahRun",
+    "finger-spin": "FingerSpin",
+    "finger-turn-easy": "FingerTurnEasy",
+    "finger-turn-hard": "FingerTurnHard",
+    "fish-swim": "FishSwim",
+    "hopper-hop": "HopperHop",
+    "hopper-stand": "HopperStand",
+    "humanoid-stand": "HumanoidStand",
+    "humanoid-walk": "HumanoidWalk",
+    "humanoid-run": "HumanoidRun",
+    "pendulum-swingup": "PendulumSwingup",
+    "point-mass-easy": "PointMass",  # Playground's PointMass is dm_control's point_mass-easy (fixed gains)
+    "reacher-easy": "ReacherEasy",
+    "reacher-hard": "ReacherHard",
+    "swimmer-swimmer6": "SwimmerSwimmer6",
+    "walker-stand": "WalkerStand",
+    "walker-walk": "WalkerWalk",
+    "walker-run": "WalkerRun",
+}
+PHYSICS_BACKENDS = ("jax", "warp")
+
+_PLAYGROUND_TO_DM = {pg: dm for dm, pg in ENV_NAMES.items()}
+# Normalised spelling -> dm_control-style name. Playground names contain no '_' or '-', so they cannot collide.
+_LOOKUP = {**{dm: dm for dm in ENV_NAMES}, **{pg.lower(): dm for dm, pg in ENV_NAMES.items()}}
+
+
+class UnknownEnvError(ValueError):
+    """An --env value that names none of the supported tasks."""
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def resolve_env_name(name: str) -> str:
+    """Playground name for a dm_control-style or Playground task name; raises UnknownEnvError otherwise."""
+    key = _normalise(name)
+    if key in _LOOKUP:
+        return ENV_NAMES[_LOOKUP[key]]
+    close = dict.fromkeys(_LOOKUP[m] for m in difflib.get_close_matches(key, _LOOKUP, n=4, cutoff=0.6))
+    hint = f"close matches: {', '.join(close)}" if close else "no close matches"
+    raise UnknownEnvError(
+        f"--env: unknown environment {name!r}; {hint} (`--env list` prints all {len(ENV_NAMES)})")
+
+
+def format_env_list() -> str:
+    """What `--env list` prints: one task per line, dm_control-style name then Playground name."""
+    width = max(map(len, ENV_NAMES)) + 2
+    return "\n".join(f"{dm:<{width}}{pg}" for dm, pg in ENV_NAMES.items())
+
+
+@flax.struct.dataclass
+class EnvState:
+    """State of E envs. A pure pytree: it can be vmapped over seeds, checkpointed and donated."""
+
+    physics: object  # mujoco_playground State, batched over E
+    episode_step: jax.Array  # int32 [E], agent steps taken in the current episode
+    episode_return: jax.Array  # float32 [E], undiscounted return of the current episode so far
+    rng: jax.Array  # [E] keys, consumed by the resets of each env
+
+    @property
+    def obs(self) -> jax.Array:
+        """[E, obs_size]: the observation the policy acts on now (already the reset one where an episode ended)."""
+        return self.physics.obs
+
+
+@flax.struct.dataclass
+class StepOutput:
+    next_obs: jax.Array  # [E, obs_size] true s' of this transition, before any auto-reset
+    reward: jax.Array  # [E] float32
+    terminated: jax.Array  # [E] bool, the env's own termination: do not bootstrap
+    truncated: jax.Array  # [E] bool, time limit reached and not terminated: bootstrap from next_obs
+    episode_return: jax.Array  # [E] float32, return of the episode ending here (meaningful where terminated|truncated)
+
+
+def _conform(new, like):
+    """`new` (a Playground State) with the pytree structure and dtypes of `like`.
+
+    lax.cond/scan need identical types on both sides. Playground's reset and step disagree on weak types (e.g.
+    `reward`, `data.time`, some metrics), and an env may in principle add or drop info/metrics keys; no DMC task does
+    the latter today. Keys missing from `new` keep `like`'s value, keys absent from `like` are dropped.
+    """
+    fill = lambda n, l: {k: n.get(k, v) for k, v in l.items()}  # noqa: E731
+    new = new.replace(info=fill(new.info, like.info), metrics=fill(new.metrics, like.metrics))
+    return jax.tree.map(lambda n, l: jax.lax.convert_element_type(n, l.dtype), new, like)
+
+
+def _patch_mujoco_for_playground():
+    # Playground 0.2.0's reacher picks the MjSpec API by comparing version strings ("3.17.0" >= "3.3.0" is False),
+    # so with mujoco 3.17 it calls MjSpec.find_body, which mujoco >= 3.3 renamed to MjSpec.body.
+    import mujoco
+
+    if not hasattr(mujoco.MjSpec, "find_body"):
+        mujoco.MjSpec.find_body = mujoco.MjSpec.body
+
+
+def _lazy_reset(reset_physics):
+    """reset_done(done [E], physics, rng [E]) -> (physics, rng): fresh resets where done, computed only if any is.
+
+    A reset costs an mjx.forward per env, and some tasks simulate more in it (cheetah-run settles for 200 physics
+    steps: measured 150x the cost of a step), so it runs under lax.cond(any(done)). DMC episodes all end together by
+    time limit, so resets run once per episode_length steps. Under jax.vmap (e.g. over seeds) a batched cond predicate
+    would turn the cond into a select that computes the resets on every step, so the vmap rule folds the vmapped axis
+    into the env axis and keeps one cond over all envs of all seeds.
+    """
+
+    def reset_where_done(done, physics, rng):
+        keys = jax.vmap(jax.random.split)(rng)  # [E, 2]: next rng, reset key
+        fresh = _conform(reset_physics(keys[:, 1]), physics)
+        select = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (old.ndim - 1)), new, old)  # noqa: E731
+        return jax.tree.map(select, (fresh, keys[:, 0]), (physics, rng))
+
+    @jax.custom_batching.custom_vmap
+    def reset_done(done, physics, rng):
+        return jax.lax.cond(jnp.any(done), reset_where_done, lambda _, p, r: (p, r), done, physics, rng)
+
+    @reset_done.def_vmap
+    def reset_done_vmapped(axis_size, in_batched, *args):
+        args = jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)), args, tuple(in_batched))
+        merged = jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), args)  # [B,E,..]->[B*E,..]
+        out = reset_done(*merged)  # recursive: an outer vmap applies this rule again
+        out = jax.tree.map(lambda x: x.reshape(axis_size, x.shape[0] // axis_size, *x.shape[1:]), out)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return reset_done
+
+
+class BatchedEnv:
+    """E copies of one Playground DMC task, stepped together with jax.vmap.
+
+    `episode_length` counts calls to `step` (agent steps). It defaults to the task config's episode_length divided by
+    its action_repeat (1000 / 1 for every DMC task); with action_repeat R each `step` applies the action R times and
+    sums the rewards, like Brax's EpisodeWrapper that Playground trains with.
+    Actions are not clipped: pass them within [action_low, action_high].
+    """
+
+    def __init__(self, name: str, num_envs: int, physics: str = "jax", episode_length: int | None = None):
+        self.playground_name = resolve_env_name(name)
+        self.name = _PLAYGROUND_TO_DM[self.playground_name]
+        if num_envs < 1:
+            raise ValueError(f"--num-envs must be >= 1, got {num_envs}")
+        if physics not in PHYSICS_BACKENDS:
+            raise ValueError(f"--physics must be one of {', '.join(PHYSICS_BACKENDS)}, got {physics!r}")
+        if episode_length is not None and episode_length < 1:
+            raise ValueError(f"--episode-length must be >= 1, got {episode_length}")
+
+        _patch_mujoco_for_playground()
+        from mujoco_playground import dm_control_suite  # heavy import (all MJX task modules): only when used
+
+        # Playground 0.2.0 defaults to impl="warp"; on CPU the JAX physics is ~5x faster, so always choose.
+        config = dm_control_suite.get_default_config(self.playground_name)
+        self.env = dm_control_suite.load(self.playground_name, config=config, config_overrides={"impl": physics})
+        self.action_repeat = int(config.action_repeat)
+        self.episode_length = (
+            math.ceil(config.episode_length / self.action_repeat) if episode_length is None else episode_length)
+        self.num_envs = num_envs
+        self.obs_size = int(self.env.observation_size)  # traced with eval_shape, not compiled
+        self.action_size = int(self.env.action_size)
+        ctrlrange = np.asarray(self.env.mj_model.actuator_ctrlrange, dtype=np.float32)
+        self.action_low, self.action_high = ctrlrange[:, 0].copy(), ctrlrange[:, 1].copy()
+
+        self._reset_done = _lazy_reset(self._reset_physics)
+
+    def _reset_physics(self, keys: jax.Array):
+        return jax.vmap(self.env.reset)(keys)
+
+    def _step_physics(self, physics, action: jax.Array):
+        def repeat(state, a):
+            state = self.env.step(state, a)
+            reward, done = state.reward, state.done
+            for _ in range(self.action_repeat - 1):  # no DMC task repeats actions (action_repeat=1)
+                state = self.env.step(state, a)
+                reward = reward + (1.0 - done) * state.reward  # nothing is earned after a termination
+                done = jnp.maximum(done, state.done)
+            return state.replace(reward=reward, done=done)
+
+        return jax.vmap(repeat)(physics, action)
+
+    def reset(self, key: jax.Array) -> EnvState:
+        rng, reset_keys = jax.random.split(key, (2, self.num_envs))
+        physics = self._reset_physics(reset_keys)
+        physics = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), physics)  # drop weak types
+        return EnvState(
+            physics=physics,
+            episode_step=jnp.zeros(self.num_envs, jnp.int32),
+            episode_return=jnp.zeros(self.num_envs, jnp.float32),
+            rng=rng,
+        )
+
+    def step(self, state: EnvState, action: jax.Array) -> tuple[EnvState, StepOutput]:
+        physics = _conform(self._step_physics(state.physics, action), state.physics)
+        episode_step = state.episode_step + 1
+        reward = physics.reward.astype(jnp.float32)
+        episode_return = state.episode_return + reward
+        terminated = physics.done > 0.5  # Playground's done is a float
+        truncated = (episode_step >= self.episode_length) & ~terminated
+        done = terminated | truncated
+        out = StepOutput(physics.obs, reward, terminated, truncated, episode_return)
+
+        physics, rng = self._reset_done(done, physics, state.rng)
+        new_state = EnvState(
+            physics=physics,
+            episode_step=jnp.where(done, 0, episode_step),
+            episode_return=jnp.where(done, 0.0, episode_return),
+            rng=rng,
+        )
+        return new_state, out

@@ -1,0 +1,34 @@
+"""Policy evaluation on a separate BatchedEnv: one full episode per eval env, inside one lax.scan."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from common.envs import BatchedEnv
+
+
+def make_evaluator(env: BatchedEnv, act_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]):
+    """Returns a pure, jittable `evaluate(params, key) -> [env.num_envs] float32` undiscounted episode returns.
+
+    act_fn(params, obs [E, obs_size], key) -> actions [E, action_size] within the env's bounds. Each eval env runs
+    exactly one episode of env.episode_length steps; rewards after a termination are masked out. Keys: `key` is split
+    into (reset_key, act_key); the envs are reset with reset_key and step t acts with jax.random.split(act_key, T)[t].
+    """
+
+    def evaluate(params, key: jax.Array) -> jax.Array:
+        reset_key, act_key = jax.random.split(key)
+
+        def body(carry, step_key):
+            state, returns, running = carry
+            state, out = env.step(state, act_fn(params, state.obs, step_key))
+            returns = returns + jnp.where(running, out.reward, 0.0)
+            return (state, returns, running & ~(out.terminated | out.truncated)), None
+
+        init = (env.reset(reset_key), jnp.zeros(env.num_envs, jnp.float32), jnp.ones(env.num_envs, bool))
+        (_, returns, _), _ = jax.lax.scan(body, init, jax.random.split(act_key, env.episode_length))
+        return returns
+
+    return evaluate

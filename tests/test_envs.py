@@ -1,0 +1,232 @@
+"""Env layer: name table, backend choice, auto-reset that keeps the true final observation, evaluation.
+
+Compiling MJX programs is the cost here (~20 s each on CPU), so all checks share three compiled programs of one tiny
+config (cartpole-balance, 3 envs, 5-step episodes): a rollout vmapped over 2 seeds, the raw Playground env stepped
+without our wrapper (the ground truth), and the evaluator.
+"""
+
+import subprocess
+import sys
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from common.envs import ENV_NAMES, BatchedEnv, StepOutput, UnknownEnvError, format_env_list, resolve_env_name
+from common.evaluation import make_evaluator
+
+NAME, E, L = "cartpole-balance", 3, 5
+T = 2 * L + 2  # rollout steps: every env finishes two episodes
+# Seed 0 starts its envs part-way through an episode so they end at different steps (env i after L - i steps):
+# resets must then apply to the finished envs only. Seed 1 starts fresh and is the reference for the evaluator.
+START_STEPS = np.array([[0, 1, 2], [0, 0, 0]], np.int32)
+EVAL_KEY = jax.random.PRNGKey(1)
+
+
+@flax.struct.dataclass
+class _State:
+    obs: jax.Array
+    t: jax.Array
+
+
+def act_fn(params, obs, key):
+    del key  # deterministic, so that the evaluator and the manual rollout take the same actions
+    return jnp.tanh(obs @ params)
+
+
+@pytest.fixture(scope="module")
+def env():
+    return BatchedEnv(NAME, E, episode_length=L)
+
+
+@pytest.fixture(scope="module")
+def params(env):
+    return jnp.full((env.obs_size, env.action_size), 0.7, jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def rollout(env, params):
+    """T steps of act_fn for 2 seeds in one jitted lax.scan under jax.vmap, as the training loop runs them."""
+
+    def run(key, start_steps):
+        state0 = env.reset(key).replace(episode_step=start_steps)
+
+        def body(state, _):
+            action = act_fn(params, state.obs, None)
+            state, out = env.step(state, action)
+            return state, (action, state, out)
+
+        _, (actions, states, outs) = jax.lax.scan(body, state0, None, T)
+        return state0, actions, states, outs
+
+    # seed 1 is reset with the key the evaluator derives from EVAL_KEY (make_evaluator documents the split)
+    keys = jnp.stack([jax.random.PRNGKey(0), jax.random.split(EVAL_KEY)[0]])
+    return jax.device_get(jax.jit(jax.vmap(run))(keys, jnp.asarray(START_STEPS)))
+
+
+@pytest.fixture(scope="module")
+def raw(env, rollout):
+    """Ground truth: Playground's env stepped from the same initial physics with the same actions, no wrapper."""
+    state0, actions, _, _ = rollout
+
+    def run(physics, actions):
+        def body(p, a):
+            p = jax.vmap(env.env.step)(p, a)
+            return p, (p.obs, p.reward)
+
+        return jax.lax.scan(body, physics, actions)[1]
+
+    return jax.device_get(jax.jit(jax.vmap(run))(state0.physics, actions[:, :L]))
+
+
+# ----------------------------------------------------------------------------------------------- names (no MJX)
+
+def test_env_names_cover_all_playground_dmc_tasks_once():
+    from mujoco_playground import dm_control_suite
+
+    assert len(ENV_NAMES) == 25
+    assert sorted(ENV_NAMES.values()) == sorted(dm_control_suite.ALL_ENVS)  # also catches a duplicate value
+    assert all(n == n.lower() and "_" not in n and n.count("-") >= 1 for n in ENV_NAMES)
+
+
+def test_resolve_env_name_round_trip_and_aliases():
+    for dm, pg in ENV_NAMES.items():
+        assert resolve_env_name(dm) == pg
+        assert resolve_env_name(pg) == pg
+    # dm_control's own spellings
+    assert resolve_env_name("point_mass-easy") == "PointMass"
+    assert resolve_env_name("ball_in_cup-catch") == "BallInCup"
+    assert resolve_env_name("finger-turn_hard") == "FingerTurnHard"
+    assert resolve_env_name("cartpole-swingup_sparse") == "CartpoleSwingupSparse"
+
+
+def test_unknown_env_name_lists_close_matches():
+    with pytest.raises(UnknownEnvError) as err:
+        resolve_env_name("humanoid-wlk")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("--env: unknown environment 'humanoid-wlk'")
+    assert "close matches: humanoid-walk, " in msg and "humanoid-run" in msg and "`--env list`" in msg
+    assert "close matches: humanoid-walk" in str(pytest.raises(UnknownEnvError, resolve_env_name, "HumanoidWlk").value)
+    assert "no close matches" in str(pytest.raises(ValueError, resolve_env_name, "zzz").value)
+
+
+def test_format_env_list_lists_every_task():
+    lines = format_env_list().splitlines()
+    assert len(lines) == 25
+    assert [line.split() for line in lines] == [[dm, pg] for dm, pg in ENV_NAMES.items()]
+
+
+def test_name_checks_do_not_import_mjx():
+    # `--env list` and a typo must fail fast, before the seconds-long import of every MJX task module
+    code = ("import sys; from common.envs import format_env_list, resolve_env_name; format_env_list();"
+            "resolve_env_name('humanoid-walk'); assert 'mujoco_playground' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------------------- construction
+
+def test_env_attributes_and_physics_backend(env):
+    from mujoco import mjx
+
+    assert (env.name, env.playground_name) == (NAME, "CartpoleBalance")
+    assert (env.num_envs, env.obs_size, env.action_size, env.episode_length) == (E, 5, 1, L)
+    np.testing.assert_array_equal(env.action_low, [-1.0])
+    np.testing.assert_array_equal(env.action_high, [1.0])
+    assert env.env.mjx_model.impl == mjx.Impl.JAX  # Playground 0.2.0 defaults to warp: catches an ignored backend
+    assert BatchedEnv("CartpoleBalance", 1).episode_length == 1000  # the task's own time limit by default
+
+
+def test_warp_backend_is_passed_through():
+    pytest.importorskip("warp")
+    from mujoco import mjx
+
+    assert BatchedEnv(NAME, 1, physics="warp").env.mjx_model.impl == mjx.Impl.WARP  # catches a hard-coded "jax"
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    ({"physics": "cuda"}, "--physics"), ({"num_envs": 0}, "--num-envs"), ({"episode_length": 0}, "--episode-length")])
+def test_bad_arguments_are_rejected(kwargs, flag):
+    with pytest.raises(ValueError, match=flag):
+        BatchedEnv(**{"name": NAME, "num_envs": 2, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------- stepping
+
+def test_step_keeps_state_types_and_resets_lazily_also_under_vmap(env):
+    key = jax.random.PRNGKey(0)
+    state = jax.eval_shape(env.reset, key)
+    action = jnp.zeros((E, env.action_size))
+    new_state, _ = jax.eval_shape(env.step, state, action)
+    # lax.scan/cond and donation need identical structure, shapes, dtypes and weak types before and after a step
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    assert jax.tree.leaves(new_state) == jax.tree.leaves(state)
+    # The reset must sit behind a lax.cond (not computed every step), also when the step is vmapped over seeds,
+    # where a plain lax.cond with a batched predicate would become a select that computes both branches.
+    seeds = jax.vmap(env.reset)(jax.random.split(key, 2))
+    for jaxpr in (jax.make_jaxpr(env.step)(env.reset(key), action),
+                  jax.make_jaxpr(jax.vmap(env.step, (0, None)))(seeds, action)):
+        assert sum(eqn.primitive.name == "cond" for eqn in jaxpr.jaxpr.eqns) == 1
+
+
+def test_time_limit_keeps_true_final_obs_then_resets(rollout, raw):
+    state0, _, states, outs = rollout
+    raw_obs, raw_reward = raw
+    assert not outs.terminated.any()  # DMC tasks end only by time limit
+    for s in range(2):
+        for i in range(E):
+            first_end = L - START_STEPS[s, i] - 1  # index of the step that reaches the time limit
+            ends = [first_end, first_end + L]
+            np.testing.assert_array_equal(np.flatnonzero(outs.truncated[s, :, i]), ends)
+            # s' of every transition of the first episode, the time-limit one included, is the raw env's observation
+            # (Playground's AutoResetWrapper would give the reset observation at the time-limit step)
+            np.testing.assert_allclose(outs.next_obs[s, :first_end + 1, i], raw_obs[s, :first_end + 1, i],
+                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(outs.reward[s, :first_end + 1, i], raw_reward[s, :first_end + 1, i],
+                                       rtol=1e-5, atol=1e-6)
+            # the return of the ending episode is the sum of its rewards, and the counters restart
+            for start, end in [(0, first_end), (first_end + 1, first_end + L)]:
+                np.testing.assert_allclose(outs.episode_return[s, end, i], outs.reward[s, start:end + 1, i].sum(),
+                                           rtol=1e-5)
+            np.testing.assert_array_equal(states.episode_step[s, ends, i], 0)
+            np.testing.assert_array_equal(states.episode_return[s, ends, i], 0.0)
+            steps_after = (START_STEPS[s, i] + np.arange(1, T + 1)) % L  # what episode_step must read after each step
+            np.testing.assert_array_equal(states.episode_step[s, :, i], steps_after)
+            # after a time limit the policy sees a fresh reset, a different one each episode (per-env rng advances);
+            # everywhere else the obs it sees next is s'
+            reset_obs = states.physics.obs[s, ends, i]
+            for obs in (outs.next_obs[s, ends, i], state0.physics.obs[s, i][None], reset_obs[::-1]):
+                assert np.abs(reset_obs - obs).max(axis=-1).min() > 1e-3
+            cont = np.setdiff1d(np.arange(T), ends)
+            np.testing.assert_array_equal(states.physics.obs[s, cont, i], outs.next_obs[s, cont, i])
+
+
+def test_evaluator_returns_one_episode_per_env(env, params, rollout):
+    *_, outs = rollout
+    returns = jax.jit(make_evaluator(env, act_fn))(params, EVAL_KEY)
+    assert returns.shape == (E,) and returns.dtype == jnp.float32
+    # exactly the first episode (L steps) of each env: not fewer steps, and nothing from the next episode
+    np.testing.assert_allclose(returns, outs.reward[1, :L].sum(0), rtol=1e-5)
+
+
+class _CountingEnv:
+    """Stand-in with BatchedEnv's interface: reward 1 per step, env i terminates after i + 1 steps (no MJX)."""
+
+    num_envs, episode_length = 3, 4
+
+    def reset(self, key):
+        return _State(obs=jnp.zeros((self.num_envs, 1)), t=jnp.zeros(self.num_envs, jnp.int32))
+
+    def step(self, state, action):
+        t = state.t + 1
+        terminated = t >= jnp.arange(1, self.num_envs + 1)
+        truncated = (t >= self.episode_length) & ~terminated
+        # auto-reset like BatchedEnv: an env that ended starts a new episode and keeps earning reward
+        new = _State(obs=state.obs, t=jnp.where(terminated | truncated, 0, t))
+        return new, StepOutput(state.obs, jnp.ones(self.num_envs), terminated, truncated, t.astype(jnp.float32))
+
+
+def test_evaluator_masks_rewards_after_the_first_episode_ends():
+    returns = jax.jit(make_evaluator(_CountingEnv(), lambda p, obs, k: obs))(None, EVAL_KEY)
+    np.testing.assert_array_equal(returns, [1.0, 2.0, 3.0])  # 4.0 each if rewards after a termination counted
