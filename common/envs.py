@@ -137,7 +137,7 @@ def _lazy_reset(reset_physics):
     """
 
     def reset_where_done(done, physics, rng):
-        keys = jax.vmap(jax.random.split)(rng)  # [E, 2]: next rng, reset key
+        keys = jax.vmap(jax.random.split)(rng)  # per env: [next rng, reset key]
         fresh = _conform(reset_physics(keys[:, 1]), physics)
         select = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (old.ndim - 1)), new, old)  # noqa: E731
         return jax.tree.map(select, (fresh, keys[:, 0]), (physics, rng))
@@ -148,7 +148,8 @@ def _lazy_reset(reset_physics):
 
     @reset_done.def_vmap
     def reset_done_vmapped(axis_size, in_batched, *args):
-        args = jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)), args, tuple(in_batched))
+        bcast = lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape))  # noqa: E731
+        args = jax.tree.map(bcast, args, tuple(in_batched))
         merged = jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), args)  # [B,E,..]->[B*E,..]
         out = reset_done(*merged)  # recursive: an outer vmap applies this rule again
         out = jax.tree.map(lambda x: x.reshape(axis_size, x.shape[0] // axis_size, *x.shape[1:]), out)

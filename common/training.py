@@ -118,7 +118,7 @@ def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
     logger = RunLogger(run_dir, config, total_steps_run, use_wandb=args.wandb, wandb_project=args.wandb_project)
     print(f"run directory: {run_dir}", flush=True)
     eval_modes = ["stochastic", "deterministic"] if args.eval_mode == "both" else [args.eval_mode]
-    key, init_key = jax.random.split(jax.random.key(args.seed))
+    init_key, eval_key = jax.random.split(jax.random.key(args.seed))
     try:
         state = trainer.init(init_key)
         for chunk_index in range(1, num_chunks + 1):
@@ -138,8 +138,9 @@ def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
             previous_step = step - trainer.env_steps_per_chunk
             if step // args.eval_interval > previous_step // args.eval_interval or chunk_index == num_chunks:
                 for mode in eval_modes:
-                    key, eval_key = jax.random.split(key)
-                    returns = np.asarray(trainer.evaluate(state, eval_key, mode == "deterministic"))
+                    # Evaluation noise depends on (seed, step, mode) only, so a resumed run evaluates identically.
+                    key = jax.random.fold_in(jax.random.fold_in(eval_key, step), eval_modes.index(mode))
+                    returns = np.asarray(trainer.evaluate(state, key, mode == "deterministic"))
                     summary = logger.log_eval(step, returns, mode)
                     postfix[f"eval_{mode[:3]}"] = f"{summary['return_mean']:.1f}"
             logger.advance(step, postfix)
