@@ -25,15 +25,29 @@ def init(capacity: int, example: dict) -> ReplayBuffer:
     return ReplayBuffer(data=data, position=jnp.int32(0), size=jnp.int32(0))
 
 
-def add(buffer: ReplayBuffer, batch: dict) -> ReplayBuffer:
-    """Write a batch of transitions (leading axis = batch) at the ring position, wrapping past the end."""
+def add(buffer: ReplayBuffer, batch: dict, valid: jax.Array | None = None) -> ReplayBuffer:
+    """Write a batch of transitions (leading axis = batch) at the ring position, wrapping past the end.
+
+    With `valid` (bool [batch]) only the valid rows are written, packed in order: the shapes stay static while the
+    number of rows written varies.
+    """
     batch_size = jax.tree.leaves(batch)[0].shape[0]
+    if valid is None:
+        valid = jnp.ones(batch_size, bool)
+    order = jnp.argsort(~valid, stable=True)  # valid rows first, in their original order
+    count = valid.sum(dtype=jnp.int32)
     rows = (buffer.position + jnp.arange(batch_size)) % buffer.capacity
-    data = jax.tree.map(lambda store, new: store.at[rows].set(new), buffer.data, batch)
+    write = jnp.arange(batch_size) < count
+
+    def write_rows(store, new):
+        new = new[order]
+        keep_old = store[rows]
+        return store.at[rows].set(jnp.where(write.reshape(-1, *[1] * (new.ndim - 1)), new, keep_old))
+
     return buffer.replace(
-        data=data,
-        position=(buffer.position + batch_size) % buffer.capacity,
-        size=jnp.minimum(buffer.size + batch_size, buffer.capacity),
+        data=jax.tree.map(write_rows, buffer.data, batch),
+        position=(buffer.position + count) % buffer.capacity,
+        size=jnp.minimum(buffer.size + count, buffer.capacity),
     )
 
 

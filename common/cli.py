@@ -9,6 +9,7 @@ from typing import Callable, Literal, TypeVar
 
 import tyro
 
+from common import resume
 from common.envs import format_env_list, resolve_env_name
 from common.logger import require_wandb
 
@@ -49,6 +50,13 @@ class RunArgs:
     """Env steps per compiled chunk: metrics, progress bar and checks happen between chunks."""
     run_root: str = "runs"
     """Directory that run directories are created in."""
+    checkpoint_interval: int = 100_000
+    """Env steps between checkpoints of the whole train state (one is also written at the end and on SIGINT/SIGTERM)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept in the run directory."""
+    resume: str | None = None
+    """Continue a run: its run directory (newest checkpoint) or one checkpoint file. Its saved flags are the defaults;
+    only safe ones (total steps, evaluation, checkpointing, logging) may change."""
     wandb: bool = False
     """Also log to Weights & Biases (needs `pip install wandb`)."""
     wandb_project: str = "flowrl-jax"
@@ -75,7 +83,7 @@ def validate_run_args(args: RunArgs) -> None:
     """The checks every algorithm shares (env name, counts, and the E / U / batch / buffer consistency)."""
     resolve_env_name(args.env)
     require_positive(args, "num_envs", "total_steps", "updates_per_iteration", "batch_size", "buffer_size",
-                     "eval_interval", "eval_episodes", "log_interval")
+                     "eval_interval", "eval_episodes", "log_interval", "checkpoint_interval", "keep_checkpoints")
     if args.episode_length is not None:
         require_positive(args, "episode_length")
     if not 0 <= args.start_steps < args.total_steps:
@@ -99,12 +107,26 @@ Args = TypeVar("Args", bound=RunArgs)
 
 
 def parse_args(args_class: type[Args], validate_algorithm: Callable[[Args], None]) -> Args:
-    """Parse flags; print the env list and exit for `--env list`; exit 2 with one line on any bad value."""
-    args = tyro.cli(args_class)
-    if args.env == "list":
-        print(format_env_list())
-        sys.exit(0)
+    """Parse flags; print the env list and exit for `--env list`; exit 2 with one line on any bad value.
+
+    With `--resume RUN`, the run's saved flags are the defaults, and a flag given now that would change the meaning
+    of the saved train state is refused with the list of differences."""
     try:
+        saved = None
+        resume_at = next((i for i, arg in enumerate(sys.argv) if arg.split("=")[0] == "--resume"), None)
+        if resume_at is not None and ("=" in sys.argv[resume_at] or resume_at + 1 < len(sys.argv)):
+            value = sys.argv[resume_at].partition("=")[2] or sys.argv[resume_at + 1]
+            saved = resume.saved_config(value)
+            fields = {field.name for field in dataclasses.fields(args_class)}
+            args = tyro.cli(args_class, default=args_class(**{k: v for k, v in saved.items() if k in fields}))
+            differences = resume.config_differences(saved, dataclasses.asdict(args))
+            if differences:
+                raise ValueError("--resume: these flags differ from the run and cannot change: " + "; ".join(differences))
+        else:
+            args = tyro.cli(args_class)
+        if args.env == "list":
+            print(format_env_list())
+            sys.exit(0)
         validate_run_args(args)
         validate_algorithm(args)
     except ValueError as error:

@@ -103,6 +103,7 @@ class StepOutput:
     terminated: jax.Array  # [E] bool, the env's own termination: do not bootstrap
     truncated: jax.Array  # [E] bool, time limit reached and not terminated: bootstrap from next_obs
     episode_return: jax.Array  # [E] float32, return of the episode ending here (meaningful where terminated|truncated)
+    nonfinite: jax.Array  # [E] bool, the physics produced a NaN/Inf observation or reward: env reset, step unusable
 
 
 def _conform(new, like):
@@ -225,10 +226,13 @@ class BatchedEnv:
         episode_step = state.episode_step + 1
         reward = physics.reward.astype(jnp.float32)
         episode_return = state.episode_return + reward
-        terminated = physics.done > 0.5  # Playground's done is a float
-        truncated = (episode_step >= self.episode_length) & ~terminated
-        done = terminated | truncated
-        out = StepOutput(physics.obs, reward, terminated, truncated, episode_return)
+        # A diverged simulation (NaN/Inf) is reset like an ended episode and flagged, so that the caller keeps the
+        # transition out of the replay. (Playground's DMC `done` is itself a NaN check, hence `& ~nonfinite` below.)
+        nonfinite = ~(jnp.isfinite(physics.obs).all(-1) & jnp.isfinite(reward))
+        terminated = (physics.done > 0.5) & ~nonfinite  # Playground's done is a float
+        truncated = (episode_step >= self.episode_length) & ~terminated & ~nonfinite
+        done = terminated | truncated | nonfinite
+        out = StepOutput(physics.obs, reward, terminated, truncated, episode_return, nonfinite)
 
         physics, rng = self._reset_done(done, physics, state.rng)
         new_state = EnvState(

@@ -24,8 +24,8 @@ def make_evaluator(env: BatchedEnv, act_fn: Callable[[Any, jax.Array, jax.Array]
         def body(carry, step_key):
             state, returns, running = carry
             state, out = env.step(state, act_fn(params, state.obs, step_key))
-            returns = returns + jnp.where(running, out.reward, 0.0)
-            return (state, returns, running & ~(out.terminated | out.truncated)), None
+            returns = returns + jnp.where(running & ~out.nonfinite, out.reward, 0.0)
+            return (state, returns, running & ~(out.terminated | out.truncated | out.nonfinite)), None
 
         init = (env.reset(reset_key), jnp.zeros(env.num_envs, jnp.float32), jnp.ones(env.num_envs, bool))
         (_, returns, _), _ = jax.lax.scan(body, init, jax.random.split(act_key, env.episode_length))

@@ -39,12 +39,18 @@ def require_wandb() -> None:
 class _CsvLog:
     """Append-only CSV whose header is fixed by the first row ever written, or by the file when resuming."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_through_step: int | None = None):
         self.path = path
         self.columns = None
         if path.exists() and path.stat().st_size > 0:
             with path.open(newline="") as f:
-                self.columns = next(csv.reader(f))
+                self.columns, *rows = list(csv.reader(f))
+            if keep_through_step is not None:  # resuming: drop the rows logged after the checkpoint
+                kept = [row for row in rows if int(row[0]) <= keep_through_step]
+                temporary = path.with_suffix(".tmp")
+                with temporary.open("w", newline="") as f:
+                    csv.writer(f).writerows([self.columns, *kept])
+                temporary.replace(path)
         self.file = path.open("a", newline="")
         self.writer = csv.writer(self.file)
 
@@ -72,6 +78,7 @@ class RunLogger:
         total_steps: int,
         use_wandb: bool = False,
         wandb_project: str = "flowrl-jax",
+        resume_step: int | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -84,8 +91,8 @@ class RunLogger:
             self._wandb = wandb.init(
                 project=wandb_project, name=self.run_dir.name, config=config, dir=str(self.run_dir)
             )
-        self._metrics = _CsvLog(self.run_dir / "metrics.csv")
-        self._eval = _CsvLog(self.run_dir / "eval.csv")
+        self._metrics = _CsvLog(self.run_dir / "metrics.csv", resume_step)
+        self._eval = _CsvLog(self.run_dir / "eval.csv", resume_step)
         self._tb = SummaryWriter(str(self.run_dir / "tb"))
         self.bar = tqdm(
             total=total_steps,

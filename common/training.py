@@ -7,6 +7,7 @@ is any pytree with the fields `env`, `buffer`, `key`, `env_steps` and `updates`.
 """
 
 import dataclasses
+import signal
 import time
 from functools import partial
 from typing import Callable, NamedTuple
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import buffer as replay
+from common import checkpoint, resume
 from common.envs import BatchedEnv
 from common.logger import RunLogger, make_run_dir
 
@@ -70,13 +72,14 @@ def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: 
         # The mask cuts the bootstrap only on true termination; a time limit still bootstraps from the true s'.
         transition = dict(obs=obs, action=action, reward=step.reward, next_obs=step.next_obs,
                           mask=1.0 - step.terminated.astype(jnp.float32))
-        state = state.replace(buffer=replay.add(state.buffer, transition), env=env_state, key=key,
-                              env_steps=state.env_steps + num_envs)
+        # A diverged env's transition never enters the replay (the env was reset, and counted).
+        state = state.replace(buffer=replay.add(state.buffer, transition, valid=~step.nonfinite), env=env_state,
+                              key=key, env_steps=state.env_steps + num_envs)
         learning = state.env_steps >= args.start_steps
         state, metrics = jax.lax.cond(learning, run_updates, skip_updates, state)
         done = step.terminated | step.truncated
         stats = dict(episodes=done.sum(), return_sum=jnp.where(done, step.episode_return, 0.0).sum(),
-                     learning=learning.astype(jnp.float32))
+                     nonfinite=step.nonfinite.sum(), learning=learning.astype(jnp.float32))
         return state, (metrics, stats)
 
     @partial(jax.jit, donate_argnums=0)
@@ -91,6 +94,7 @@ def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: 
         metrics["updates"] = stats["learning"].sum() * args.updates_per_iteration
         episodes = stats["episodes"].sum()
         metrics["train_episodes"] = episodes
+        metrics["nonfinite_env_resets"] = stats["nonfinite"].sum()
         metrics["train_return"] = jnp.where(episodes > 0, stats["return_sum"].sum() / jnp.maximum(episodes, 1), jnp.nan)
         metrics["params_finite"] = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(learned(state))]))
         return state, metrics
@@ -107,42 +111,95 @@ def check_finite(metrics: dict, step: int) -> None:
             raise FloatingPointError(f"non-finite {name} ({value}) in the chunk ending at env step {step}")
 
 
+class StopRequest:
+    """SIGINT/SIGTERM set a flag instead of killing the run: the loop finishes its chunk, checkpoints, then exits."""
+
+    def __enter__(self):
+        self.signal = None
+        self.previous = {sig: signal.signal(sig, self.request) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def request(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def crossed(step: int, previous_step: int, interval: int) -> bool:
+    return step // interval > previous_step // interval
+
+
 def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
-    """Run chunks until `total_steps`, evaluating every `eval_interval` env steps and at the end."""
-    run_dir = make_run_dir(args.run_root, args.env, algo, args.seed)
+    """Run chunks until `total_steps`: evaluate every `eval_interval` env steps, checkpoint the whole train state
+    every `checkpoint_interval`, and do both at the end. `--resume` continues a run exactly where its checkpoint left
+    it; SIGINT/SIGTERM checkpoint after the current chunk and exit with 128 + the signal number."""
+    init_key, eval_key = jax.random.split(jax.random.key(args.seed))
+    template = jax.eval_shape(trainer.init, init_key)
+    if args.resume:
+        run_dir, checkpoint_path = resume.locate(args.resume, template)
+        state, metadata = checkpoint.load(checkpoint_path, template)
+        start_step = metadata["step"]
+        print(f"resuming {run_dir} from {checkpoint_path.name} (env step {start_step})", flush=True)
+    else:
+        run_dir, checkpoint_path = make_run_dir(args.run_root, args.env, algo, args.seed), None
+        state, start_step = None, 0
+    checkpoint_dir = run_dir / "checkpoints"
+    resume.warn_if_disk_is_short(run_dir, checkpoint.checkpoint_bytes(template) * (args.keep_checkpoints + 1))
     num_chunks = -(-args.total_steps // trainer.env_steps_per_chunk)
     total_steps_run = num_chunks * trainer.env_steps_per_chunk
     config = dict(dataclasses.asdict(args), algo=algo, playground_env=env.playground_name,
                   env_steps_per_chunk=trainer.env_steps_per_chunk, total_steps_run=total_steps_run,
                   device=str(jax.devices()[0]), jax_version=jax.__version__)
-    logger = RunLogger(run_dir, config, total_steps_run, use_wandb=args.wandb, wandb_project=args.wandb_project)
+    # Rows logged after the checkpoint (the chunks an interrupted run lost) are replaced, not duplicated.
+    logger = RunLogger(run_dir, config, total_steps_run, use_wandb=args.wandb, wandb_project=args.wandb_project,
+                       resume_step=start_step if args.resume else None)
     print(f"run directory: {run_dir}", flush=True)
     eval_modes = ["stochastic", "deterministic"] if args.eval_mode == "both" else [args.eval_mode]
-    init_key, eval_key = jax.random.split(jax.random.key(args.seed))
+    last_checkpoint = [checkpoint_path if args.resume else None]
+
+    def save(step):
+        checkpoint_dir.mkdir(exist_ok=True)
+        path = checkpoint.save(checkpoint_dir, step, state, dict(step=step, algo=algo, config=config),
+                               args.keep_checkpoints)
+        last_checkpoint[0] = path
+
     try:
-        state = trainer.init(init_key)
-        for chunk_index in range(1, num_chunks + 1):
-            start = time.perf_counter()
-            state, metrics = trainer.chunk(state)
-            metrics = jax.device_get(metrics)
-            seconds = time.perf_counter() - start
-            step = chunk_index * trainer.env_steps_per_chunk
-            check_finite(metrics, step)
-            metrics = {name: float(value) for name, value in metrics.items() if name != "params_finite"}
-            metrics["env_steps_per_s"] = trainer.env_steps_per_chunk / seconds
-            metrics["updates_per_s"] = metrics.pop("updates") / seconds
-            logger.log_train(step, metrics)
-            postfix = {}
-            if "critic_loss" in metrics:
-                postfix["critic_loss"] = f"{metrics['critic_loss']:.3g}"
-            previous_step = step - trainer.env_steps_per_chunk
-            if step // args.eval_interval > previous_step // args.eval_interval or chunk_index == num_chunks:
-                for mode in eval_modes:
-                    # Evaluation noise depends on (seed, step, mode) only, so a resumed run evaluates identically.
-                    key = jax.random.fold_in(jax.random.fold_in(eval_key, step), eval_modes.index(mode))
-                    returns = np.asarray(trainer.evaluate(state, key, mode == "deterministic"))
-                    summary = logger.log_eval(step, returns, mode)
-                    postfix[f"eval_{mode[:3]}"] = f"{summary['return_mean']:.1f}"
-            logger.advance(step, postfix)
+        with StopRequest() as stop:
+            state = trainer.init(init_key) if state is None else state
+            logger.advance(start_step)
+            for chunk_index in range(start_step // trainer.env_steps_per_chunk + 1, num_chunks + 1):
+                start = time.perf_counter()
+                state, metrics = trainer.chunk(state)
+                metrics = jax.device_get(metrics)
+                seconds = time.perf_counter() - start
+                step = chunk_index * trainer.env_steps_per_chunk
+                previous_step = step - trainer.env_steps_per_chunk
+                try:
+                    check_finite(metrics, step)
+                except FloatingPointError as error:
+                    raise SystemExit(f"error: {error}; the run stopped; last good checkpoint: {last_checkpoint[0]}")
+                metrics = {name: float(value) for name, value in metrics.items() if name != "params_finite"}
+                metrics["env_steps_per_s"] = trainer.env_steps_per_chunk / seconds
+                metrics["updates_per_s"] = metrics.pop("updates") / seconds
+                logger.log_train(step, metrics)
+                postfix = {}
+                if "critic_loss" in metrics:
+                    postfix["critic_loss"] = f"{metrics['critic_loss']:.3g}"
+                if crossed(step, previous_step, args.eval_interval) or chunk_index == num_chunks:
+                    for mode in eval_modes:
+                        # Evaluation noise depends on (seed, step, mode) only, so a resumed run evaluates identically.
+                        key = jax.random.fold_in(jax.random.fold_in(eval_key, step), eval_modes.index(mode))
+                        returns = np.asarray(trainer.evaluate(state, key, mode == "deterministic"))
+                        summary = logger.log_eval(step, returns, mode)
+                        postfix[f"eval_{mode[:3]}"] = f"{summary['return_mean']:.1f}"
+                logger.advance(step, postfix)
+                if crossed(step, previous_step, args.checkpoint_interval) or chunk_index == num_chunks or stop.signal:
+                    save(step)
+                if stop.signal:
+                    print(f"\nstopped by signal {stop.signal} at env step {step}; checkpoint: {last_checkpoint[0]}",
+                          flush=True)
+                    raise SystemExit(128 + stop.signal)
     finally:
         logger.close(curve_title=f"{algo} on {args.env} (seed {args.seed})")

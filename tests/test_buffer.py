@@ -51,3 +51,16 @@ def test_recent_share_is_uniform_over_the_newest_window_after_wrap_around():
     assert set(uniform.tolist()) == set(range(written - capacity, written))
     # So the newest window is over-represented: its expected share is 0.2 + 0.8·8/64 = 0.3.
     assert abs(np.mean(index >= written - window) - 0.3) < 0.01
+
+
+def test_masked_add_packs_only_the_valid_rows():
+    buf = filled(capacity=6, count=4)
+    index = jnp.array([10, 11, 12, 13], jnp.int32)
+    valid = jnp.array([True, False, True, False])
+    buf = jax.jit(replay.add)(buf, {"index": index, "obs": jnp.zeros((4, 2))}, valid)
+    # 10 and 12 are written next (rows 4, 5), in order; the invalid rows are dropped, nothing else is touched.
+    np.testing.assert_array_equal(buf.data["index"], [0, 1, 2, 3, 10, 12])
+    assert int(buf.position) == 0 and int(buf.size) == 6
+    buf = jax.jit(replay.add)(buf, {"index": index, "obs": jnp.zeros((4, 2))}, jnp.zeros(4, bool))
+    np.testing.assert_array_equal(buf.data["index"], [0, 1, 2, 3, 10, 12])
+    assert int(buf.position) == 0

@@ -242,9 +242,23 @@ class _CountingEnv:
         truncated = (t >= self.episode_length) & ~terminated
         # auto-reset like BatchedEnv: an env that ended starts a new episode and keeps earning reward
         new = _State(obs=state.obs, t=jnp.where(terminated | truncated, 0, t))
-        return new, StepOutput(state.obs, jnp.ones(self.num_envs), terminated, truncated, t.astype(jnp.float32))
+        return new, StepOutput(state.obs, jnp.ones(self.num_envs), terminated, truncated, t.astype(jnp.float32),
+                               jnp.zeros(self.num_envs, bool))
 
 
 def test_evaluator_masks_rewards_after_the_first_episode_ends():
     returns = jax.jit(make_evaluator(_CountingEnv(), lambda p, obs, k: obs))(None, EVAL_KEY)
     np.testing.assert_array_equal(returns, [1.0, 2.0, 3.0])  # 4.0 each if rewards after a termination counted
+
+
+def test_a_diverged_env_is_flagged_and_reset_while_the_others_run_on(env):
+    """A NaN action makes env 0's physics diverge: the step is flagged nonfinite (not terminal, not truncated, so the
+    trainer drops it from the replay), env 0 restarts from a finite reset state, envs 1–2 are untouched."""
+    state = env.reset(jax.random.PRNGKey(3))
+    action = jnp.zeros((E, env.action_size)).at[0].set(jnp.nan)
+    new_state, out = fast_jit(env.step)(state, action)
+    assert list(np.asarray(out.nonfinite)) == [True, False, False]
+    assert not bool(out.terminated[0]) and not bool(out.truncated[0])
+    assert bool(jnp.isfinite(new_state.obs).all()) and int(new_state.episode_step[0]) == 0
+    np.testing.assert_array_equal(new_state.episode_step[1:], [1, 1])
+    np.testing.assert_array_equal(new_state.obs[1:], out.next_obs[1:])

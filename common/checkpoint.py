@@ -1,0 +1,226 @@
+"""Checkpoints of the whole train state: one pickle-free .npz per save, written atomically and checksummed.
+
+Layout of checkpoint_<step:012d>.npz (a plain uncompressed zip of .npy files, loaded with allow_pickle=False, so
+opening one can never run code):
+  leaf_<i>  the i-th leaf of the flattened state as a numpy array; typed PRNG keys as their key data (uint32), dtypes
+            numpy cannot describe (bfloat16, ...) as unsigned ints of the same width
+  header    uint8 JSON: format tag, str(treedef), per-leaf path/shape/dtype (+ key impl), and the caller's metadata
+  sha256    uint8 hex digest of the header and every leaf's name, dtype, shape and bytes
+"""
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+
+FORMAT = "flowrl-jax-checkpoint/1"
+_NAME = re.compile(r"checkpoint_(\d+)\.npz")
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEAF_OVERHEAD = 512  # bytes per leaf on disk besides its data: npy header, zip entries, its header JSON entry
+_SHOWN_DIFFS = 4
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged, not a checkpoint, or does not fit the expected train state."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Leaves
+# ----------------------------------------------------------------------------------------------------------------------
+def _is_key(leaf) -> bool:
+    return jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _spec(leaf) -> dict:
+    """What the structure check compares: shape and dtype ("key<fry>" for typed keys). Works on ShapeDtypeStruct."""
+    return {"shape": list(leaf.shape), "dtype": str(leaf.dtype)}
+
+
+def _describe(spec: dict | None) -> str:
+    return "absent" if spec is None else f"{spec['dtype']}[{','.join(map(str, spec['shape']))}]"
+
+
+def _stored_spec(leaf) -> jax.ShapeDtypeStruct:
+    """Shape and dtype of the array a leaf is stored as (see the module docstring)."""
+    if _is_key(leaf):
+        return jax.eval_shape(jax.random.key_data, leaf)
+    dtype = np.dtype(leaf.dtype)
+    return jax.ShapeDtypeStruct(leaf.shape, np.dtype(f"u{dtype.itemsize}") if dtype.kind == "V" else dtype)
+
+
+def _to_host(leaves: list) -> list[np.ndarray]:
+    arrays = jax.device_get([jax.random.key_data(leaf) if _is_key(leaf) else leaf for leaf in leaves])
+    return [np.asarray(a).view(_stored_spec(leaf).dtype) for a, leaf in zip(arrays, leaves)]
+
+
+def _digest(header: bytes, arrays: dict[str, np.ndarray]) -> str:
+    sha = hashlib.sha256(header)
+    for name, a in arrays.items():
+        sha.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        sha.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return sha.hexdigest()
+
+
+def _treedef_text(treedef) -> str:
+    # Static fields may print as objects with their memory address (mjx Data does); those change every process.
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(treedef))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Save
+# ----------------------------------------------------------------------------------------------------------------------
+def save(directory: Path, step: int, state, metadata: dict, keep: int) -> Path:
+    """Write directory/checkpoint_<step>.npz atomically, with `metadata` (JSON-serialisable; "step" is set to `step`),
+    then delete all but the newest `keep` checkpoints by step, always counting the one just written among them (a run
+    that fell back to an older checkpoint must not delete its own new saves in favour of the higher steps it left)."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    directory = Path(directory)
+    path = directory / f"checkpoint_{step:012d}.npz"
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+    leaves = [leaf for _, leaf in paths_leaves]
+    entries = [{"path": jax.tree_util.keystr(p), **_spec(leaf)} for p, leaf in paths_leaves]
+    for entry, leaf in zip(entries, leaves):
+        if _is_key(leaf):  # the impl wrap_key_data needs to rebuild the keys
+            entry["key_impl"] = str(jax.random.key_impl(leaf))
+    header = json.dumps({
+        "format": FORMAT, "treedef": _treedef_text(treedef), "leaves": entries, "metadata": {**metadata, "step": step},
+    }).encode()
+    arrays = {f"leaf_{i}": a for i, a in enumerate(_to_host(leaves))}
+    digest = _digest(header, arrays)
+
+    tmp = directory / f".{path.name}.{os.getpid()}.tmp"  # hidden, so list_checkpoints never sees a partial file
+    try:
+        with open(tmp, "wb") as f:
+            as_bytes = {"header": np.frombuffer(header, np.uint8), "sha256": np.frombuffer(digest.encode(), np.uint8)}
+            np.savez(f, **as_bytes, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(directory)  # make the rename durable before deleting the older checkpoints
+
+    older = [p for p in list_checkpoints(directory) if p != path]
+    for stale in older[: max(0, len(older) - (keep - 1))]:
+        stale.unlink()
+    for leftover in directory.glob(".checkpoint_*.tmp"):  # partial writes of a save that crashed
+        leftover.unlink(missing_ok=True)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Load
+# ----------------------------------------------------------------------------------------------------------------------
+def _read(path: Path) -> tuple[dict, list[np.ndarray]]:
+    """Header and stored leaves of a checkpoint whose format and checksum are verified."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(_ZIP_MAGIC))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e
+    if len(magic) < len(_ZIP_MAGIC):
+        raise CheckpointError(f"{path}: truncated ({len(magic)} bytes)")
+    if magic != _ZIP_MAGIC:
+        raise CheckpointError(f"{path}: not a checkpoint (not an .npz archive)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = set(npz.files)
+            if not {"header", "sha256"} <= names:
+                raise CheckpointError(f"{path}: not a checkpoint (no header/sha256 entries)")
+            header_bytes, digest = npz["header"].tobytes(), npz["sha256"].tobytes().decode()
+            header = json.loads(header_bytes)
+            if not isinstance(header, dict) or header.get("format") != FORMAT:
+                raise CheckpointError(f"{path}: not a checkpoint (format is not {FORMAT})")
+            leaf_names = [f"leaf_{i}" for i in range(len(header["leaves"]))]
+            if names != {"header", "sha256", *leaf_names}:
+                raise CheckpointError(f"{path}: damaged (entries differ from the {len(leaf_names)} leaves it lists)")
+            arrays = {name: npz[name] for name in leaf_names}
+    except CheckpointError:
+        raise
+    except Exception as e:  # any failure to parse the bytes (zip, npy, JSON, CRC) means a bad file
+        raise CheckpointError(f"{path}: truncated or damaged ({type(e).__name__}: {e})") from e
+    if _digest(header_bytes, arrays) != digest:
+        raise CheckpointError(f"{path}: checksum mismatch (SHA-256 of the contents differs from the one stored)")
+    return header, list(arrays.values())
+
+
+def _check_structure(path: Path, header: dict, template) -> None:
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    expected = {jax.tree_util.keystr(p): _spec(leaf) for p, leaf in paths_leaves}
+    found = {e["path"]: {"shape": e["shape"], "dtype": e["dtype"]} for e in header["leaves"]}
+    diffs = [
+        f"{p} expected {_describe(expected.get(p))} found {_describe(found.get(p))}"
+        for p in [*expected, *(p for p in found if p not in expected)]
+        if expected.get(p) != found.get(p)
+    ]
+    if diffs:
+        more = f" (and {len(diffs) - _SHOWN_DIFFS} more)" if len(diffs) > _SHOWN_DIFFS else ""
+        raise CheckpointError(
+            f"{path}: structure differs from this config in {len(diffs)} of {len(expected)} leaves: "
+            f"{'; '.join(diffs[:_SHOWN_DIFFS])}{more}"
+        )
+    if list(expected) != list(found) or _treedef_text(treedef) != header["treedef"]:
+        raise CheckpointError(f"{path}: structure differs from this config (leaf order, node types or static fields)")
+
+
+def _verified(path: Path, template) -> tuple[dict, list[np.ndarray], list]:
+    """Header, stored arrays and template leaves of a checkpoint that is intact and fits `template`."""
+    header, stored = _read(path)
+    _check_structure(path, header, template)
+    likes = jax.tree.leaves(template)
+    for entry, array, like in zip(header["leaves"], stored, likes):
+        spec = _stored_spec(like)
+        if array.shape != spec.shape or array.dtype != spec.dtype:  # only a file written by something else
+            raise CheckpointError(f"{path}: damaged ({entry['path']} is stored as {array.dtype}{list(array.shape)})")
+    return header, stored, likes
+
+
+def load(path: Path, template) -> tuple[object, dict]:
+    """(state, metadata) from a checkpoint, whose leaves must match `template` (a state or its jax.eval_shape) exactly.
+    The format, checksum and structure are verified first; any problem raises CheckpointError."""
+    path = Path(path)
+    header, stored, likes = _verified(path, template)
+    leaves = [
+        jax.random.wrap_key_data(array, impl=entry["key_impl"]) if "key_impl" in entry
+        else jax.device_put(array.view(like.dtype))  # view: undoes the unsigned-int storage of ml_dtypes
+        for entry, array, like in zip(header["leaves"], stored, likes)
+    ]
+    return jax.tree.unflatten(jax.tree.structure(template), leaves), header["metadata"]
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint files in `directory`, oldest → newest by step."""
+    found = [(int(m.group(1)), p) for p in Path(directory).iterdir() if (m := _NAME.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_valid(directory: Path, template) -> tuple[Path, list[tuple[Path, str]]]:
+    """The newest checkpoint that loads against `template`, and (path, reason) for each newer one that does not."""
+    skipped = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            _verified(path, template)  # everything load checks, without moving the state onto the device
+            return path, skipped
+        except CheckpointError as e:
+            skipped.append((path, str(e)))
+    reasons = "; ".join(reason for _, reason in skipped[:2]) or "there are none"
+    raise CheckpointError(f"{directory}: no valid checkpoint ({len(skipped)} tried: {reasons})")
+
+
+def checkpoint_bytes(state) -> int:
+    """Approximate size on disk of a checkpoint of `state` (arrays or jax.eval_shape's ShapeDtypeStructs)."""
+    stored = [_stored_spec(leaf) for leaf in jax.tree.leaves(state)]
+    return sum(int(np.prod(s.shape)) * s.dtype.itemsize + _LEAF_OVERHEAD for s in stored)

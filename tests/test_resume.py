@@ -1,0 +1,75 @@
+"""Exact resume and determinism: a run of 2T steps equals T steps + resume + T more, bit for bit; seeds matter."""
+
+import csv
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import flowrl_jax as flowrl
+from common import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = {"env_steps_per_s", "updates_per_s"}  # wall-clock columns: the only ones allowed to differ
+# Updates start at step 16 and a checkpoint every 32 steps: the resumed half starts mid-learning, from a real buffer.
+ARGS = flowrl.Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
+                   hidden_dim=32, log_interval=4, total_steps=64, eval_interval=16, eval_episodes=2,
+                   episode_length=20, checkpoint_interval=32, keep_checkpoints=5)
+
+
+def run(tmp_path, name, **changes) -> Path:
+    root = tmp_path / name
+    flowrl.train(dataclasses.replace(ARGS, run_root=str(root), **changes))
+    (run_dir,) = root.iterdir()
+    return run_dir
+
+
+def table(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def leaves(run_dir: Path) -> dict:
+    """Every array of the final train state, as stored (the header, which holds the config, is left out)."""
+    path = checkpoint.list_checkpoints(run_dir / "checkpoints")[-1]
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files if name.startswith("leaf_")}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("full"), "full")
+
+
+def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, full_run):
+    half = run(tmp_path, "half", total_steps=32)
+    assert [p.name for p in checkpoint.list_checkpoints(half / "checkpoints")] == ["checkpoint_000000000032.npz"]
+    flowrl.train(dataclasses.replace(ARGS, run_root=str(tmp_path / "unused"), resume=str(half)))
+    assert not (tmp_path / "unused").exists()  # the resumed run continues in its own directory
+    assert table(half / "metrics.csv") == table(full_run / "metrics.csv")
+    assert table(half / "eval.csv") == table(full_run / "eval.csv")
+    expected, found = leaves(full_run), leaves(half)
+    assert expected.keys() == found.keys()
+    for name in expected:
+        np.testing.assert_array_equal(found[name], expected[name], err_msg=name)
+
+
+def test_same_seed_repeats_and_another_seed_differs(tmp_path, full_run):
+    again = run(tmp_path, "again")
+    other = run(tmp_path, "other", seed=2)
+    assert table(again / "metrics.csv") == table(full_run / "metrics.csv")
+    assert table(other / "metrics.csv") != table(full_run / "metrics.csv")
+
+
+def test_resume_refuses_incompatible_flags_and_lists_them(full_run):
+    result = subprocess.run([sys.executable, "flowrl_jax.py", "--resume", str(full_run), "--hidden-dim", "64",
+                             "--env", "cheetah-run", "--total-steps", "128"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "--hidden-dim: 32 in the run, 64 now" in result.stderr
+    assert "--env: 'cartpole-balance' in the run, 'cheetah-run' now" in result.stderr
+    assert "total-steps" not in result.stderr  # safe to change
