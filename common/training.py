@@ -8,6 +8,7 @@ is any pytree with the fields `env`, `buffer`, `key`, `env_steps` and `updates`.
 
 import dataclasses
 import signal
+import sys
 import time
 from functools import partial
 from typing import Callable, NamedTuple
@@ -138,8 +139,12 @@ def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
     init_key, eval_key = jax.random.split(jax.random.key(args.seed))
     template = jax.eval_shape(trainer.init, init_key)
     if args.resume:
-        run_dir, checkpoint_path = resume.locate(args.resume, template)
-        state, metadata = checkpoint.load(checkpoint_path, template)
+        try:
+            run_dir, checkpoint_path = resume.locate(args.resume, template)
+            state, metadata = checkpoint.load(checkpoint_path, template)
+        except checkpoint.CheckpointError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2)
         start_step = metadata["step"]
         print(f"resuming {run_dir} from {checkpoint_path.name} (env step {start_step})", flush=True)
     else:

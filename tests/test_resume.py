@@ -1,6 +1,7 @@
 """Exact resume and determinism: a run of 2T steps equals T steps + resume + T more, bit for bit; seeds matter."""
 
 import csv
+import shutil
 import dataclasses
 import subprocess
 import sys
@@ -73,3 +74,17 @@ def test_resume_refuses_incompatible_flags_and_lists_them(full_run):
     assert "--hidden-dim: 32 in the run, 64 now" in result.stderr
     assert "--env: 'cartpole-balance' in the run, 'cheetah-run' now" in result.stderr
     assert "total-steps" not in result.stderr  # safe to change
+
+
+def test_a_corrupt_newest_checkpoint_is_refused_and_the_previous_one_can_be_named(tmp_path, full_run):
+    run_dir = Path(shutil.copytree(full_run, tmp_path / full_run.name))
+    older, newest = checkpoint.list_checkpoints(run_dir / "checkpoints")[-2:]
+    newest.write_bytes(newest.read_bytes()[:-1000])  # a write cut short by a full disk or a kill
+    refused = subprocess.run([sys.executable, "flowrl_jax.py", "--resume", str(run_dir), "--total-steps", "72"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2
+    assert "refusing to resume from a corrupt checkpoint" in refused.stderr and newest.name in refused.stderr
+    assert f"--resume {older}" in refused.stderr
+    # Naming the good checkpoint explicitly continues from it.
+    flowrl.train(dataclasses.replace(ARGS, total_steps=72, resume=str(older)))
+    assert [int(row["step"]) for row in table(run_dir / "metrics.csv")] == list(range(4, 76, 4))

@@ -3,6 +3,7 @@ task, the command line (smoke run and bad input), and a learning test."""
 
 import csv
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -114,11 +115,15 @@ def test_twin_critic_heads_are_independent(critic):
 # ----------------------------------------------------------------------------------------------------------------------
 # The compiled train step on a real MJX task
 # ----------------------------------------------------------------------------------------------------------------------
-# One iteration per chunk (log_interval = num_envs) and one update per iteration, so that each chunk is exactly one
-# env step + one update and the Polyak step can be checked exactly.
-TINY = sac.Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
-                actor_hidden_dim=32, critic_hidden_dim=32, log_interval=4, total_steps=64, eval_episodes=2,
-                episode_length=20, tau=0.05)
+# One env step per chunk (log_interval = num_envs), two updates per step. The smoke run below passes the same values
+# on the command line, so it builds the same programs and loads them from the persistent compilation cache.
+TINY = sac.Args(env="cartpole-balance", num_envs=4, updates_per_iteration=2, batch_size=16, start_steps=16,
+                actor_hidden_dim=32, critic_hidden_dim=32, log_interval=4, total_steps=64, eval_interval=64,
+                eval_episodes=2, episode_length=20, tau=0.05)
+SMOKE_FLAGS = ["--env", "cartpole-balance", "--num-envs", "4", "--updates-per-iteration", "2", "--batch-size", "16",
+               "--start-steps", "16", "--actor-hidden-dim", "32", "--critic-hidden-dim", "32", "--log-interval", "4",
+               "--total-steps", "64", "--eval-interval", "64", "--eval-episodes", "2", "--episode-length", "20",
+               "--tau", "0.05"]
 
 
 @pytest.fixture(scope="module")
@@ -128,44 +133,71 @@ def tiny_trainer():
     return sac.make_trainer(TINY, env, eval_env)
 
 
-def leaves_equal(a, b) -> bool:
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def test_chunk_compiles_once_learns_after_start_steps_and_moves_targets_by_polyak(tiny_trainer):
+@pytest.fixture(scope="module")
+def tiny_history(tiny_trainer):
+    """(state before, state after, metrics) of six chunks from init, host copies (the chunk donates its input), and
+    the backend compiles seen after the first chunk."""
     compiles = []
     state = tiny_trainer.init(jax.random.key(0))
-    initial = jax.device_get(state)
-    assert leaves_equal(initial.q_target, initial.q)
-    np.testing.assert_allclose(np.exp(initial.log_temperature), TINY.init_temperature, rtol=1e-6)
     history = []
     for chunk_index in range(6):
         if chunk_index == 1:  # everything after the first chunk must reuse its executable
             jax.monitoring.register_event_duration_secs_listener(
                 lambda event, *_, **__: compiles.append(event) if "backend_compile" in event else None)
-        before = jax.device_get(state)  # a host copy: the chunk donates (overwrites) its input
+        before = jax.device_get(state)
         state, metrics = tiny_trainer.chunk(state)
         history.append((before, jax.device_get(state), jax.device_get(metrics)))
-    assert compiles == [], f"recompiled after the first chunk: {compiles}"
+    return history, list(compiles)
 
+
+def leaves_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_chunk_compiles_once_and_learns_only_after_start_steps(tiny_history):
+    history, compiles = tiny_history
+    assert compiles == [], f"recompiled after the first chunk: {compiles}"
+    initial = history[0][0]
+    assert leaves_equal(initial.q_target, initial.q)
+    np.testing.assert_allclose(np.exp(initial.log_temperature), TINY.init_temperature, rtol=1e-6)
     # Chunks 1–3 (env steps 4, 8, 12 < start_steps 16): random actions, stored, no update.
     for _, after, metrics in history[:3]:
         assert after.updates == 0 and metrics["updates"] == 0
         assert leaves_equal(after.q, initial.q) and leaves_equal(after.actor, initial.actor)
-        assert after.log_temperature == initial.log_temperature
+        assert leaves_equal(after.q_target, initial.q_target) and after.log_temperature == initial.log_temperature
     assert int(history[2][1].buffer.size) == 12
-    # Chunks 4–6: one update each moves critics, actor and temperature, and target ← (1 − τ)·target + τ·online.
+    # Chunks 4–6: U updates each move the critics, their targets, the actor and the temperature.
     for before, after, metrics in history[3:]:
-        assert after.updates == before.updates + 1 and metrics["updates"] == 1
-        assert not leaves_equal(after.q, before.q) and not leaves_equal(after.actor, before.actor)
-        assert after.log_temperature != before.log_temperature
-        for new, old, online in zip(jax.tree.leaves(after.q_target), jax.tree.leaves(before.q_target),
-                                    jax.tree.leaves(after.q)):
-            np.testing.assert_allclose(new, (1 - TINY.tau) * old + TINY.tau * online, rtol=1e-5, atol=1e-7)
-        # The logged temperature is α before this update's step.
-        np.testing.assert_allclose(metrics["temperature"], np.exp(before.log_temperature), rtol=1e-5)
-        assert metrics["entropy"] > -10 and np.isfinite(metrics["critic_loss"]) and metrics["critic_loss"] > 0
-    assert int(state.env_steps) == 24 and int(state.buffer.size) == 24
+        assert after.updates == before.updates + TINY.updates_per_iteration
+        assert metrics["updates"] == TINY.updates_per_iteration
+        for name in ("q", "q_target", "actor", "log_temperature"):
+            assert not leaves_equal(getattr(after, name), getattr(before, name)), name
+        assert np.isfinite(metrics["critic_loss"]) and metrics["critic_loss"] > 0 and np.isfinite(metrics["entropy"])
+    assert int(history[-1][1].env_steps) == 24 and int(history[-1][1].buffer.size) == 24
+
+
+def test_one_update_moves_the_targets_by_polyak_and_alpha_by_the_entropy_gap(tiny_trainer, tiny_history):
+    state = tiny_history[0][-1][1]  # after six chunks: 24 transitions stored, 6 updates done
+    after, metrics = jax.device_get(jax.jit(tiny_trainer.update)(state, jax.random.key(7)))
+    assert after.updates == state.updates + 1
+    for new, old, online in zip(jax.tree.leaves(after.q_target), jax.tree.leaves(state.q_target),
+                                jax.tree.leaves(after.q)):
+        np.testing.assert_allclose(new, (1 - TINY.tau) * old + TINY.tau * online, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(metrics["temperature"], np.exp(state.log_temperature), rtol=1e-6)  # α used
+    # Adam's first steps move log α by about the learning rate, in the direction of (entropy − target).
+    entropy_gap = metrics["entropy"] - (-1.0)  # target entropy −|A|, |A| = 1 on cartpole
+    assert np.sign(after.log_temperature - state.log_temperature) == np.sign(-entropy_gap)
+    assert abs(after.log_temperature - state.log_temperature) < 2 * TINY.learning_rate
+    np.testing.assert_allclose(metrics["temperature_loss"], -state.log_temperature * -entropy_gap, rtol=1e-4,
+                               atol=1e-6)
+
+
+@pytest.mark.xfail(reason="common/training.py make_chunk divides the sum of the [iterations, U] update metrics by "
+                          "the number of learning iterations only, so each logged metric is U times its mean")
+def test_logged_update_metrics_are_means_over_the_chunks_updates(tiny_history):
+    # Two updates at learning rate 3e-4 move log α by < 1e-3: the mean α of a chunk is α at its start within 0.1 %.
+    for before, _, metrics in tiny_history[0][3:]:
+        np.testing.assert_allclose(metrics["temperature"], np.exp(before.log_temperature), rtol=1e-3)
 
 
 def test_evaluation_modes_and_deterministic_repeatability(tiny_trainer):
@@ -182,51 +214,31 @@ def test_evaluation_modes_and_deterministic_repeatability(tiny_trainer):
 # ----------------------------------------------------------------------------------------------------------------------
 # The command line
 # ----------------------------------------------------------------------------------------------------------------------
-SMOKE_FLAGS = ["--env", "cartpole-balance", "--num-envs", "4", "--updates-per-iteration", "2", "--total-steps", "64",
-               "--start-steps", "16", "--batch-size", "16", "--log-interval", "32", "--eval-interval", "64",
-               "--eval-episodes", "2", "--episode-length", "20", "--actor-hidden-dim", "32",
-               "--critic-hidden-dim", "32"]
-
-
 def run_sac(*flags: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "sac_jax.py", *flags], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    run_root = tmp_path_factory.mktemp("smoke")
-    result = run_sac(*SMOKE_FLAGS, "--run-root", str(run_root))
+def test_smoke_run_writes_every_output(tmp_path):
+    result = run_sac(*SMOKE_FLAGS, "--run-root", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = run_root.iterdir()
-    with (run_dir / "metrics.csv").open(newline="") as f:
-        metrics = list(csv.DictReader(f))
-    return run_dir, metrics
-
-
-def test_smoke_run_writes_every_output(smoke_run):
-    run_dir, metrics = smoke_run
+    (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.startswith("cartpole-balance__sac__1__")
     for name in ("config.json", "metrics.csv", "eval.csv", "learning_curve.png"):
         assert (run_dir / name).stat().st_size > 0, name
     assert any((run_dir / "tb").iterdir())
-    config = __import__("json").loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
     assert config["algo"] == "sac" and config["critic"] == "reference"
-    assert config["critic_hidden_dim"] == 32 and config["target_entropy"] == -1.0  # cartpole: |A| = 1
-    assert [int(row["step"]) for row in metrics] == [32, 64]
+    assert config["critic_hidden_dim"] == 32 and config["target_entropy"] == -1.0  # defaults resolved: |A| = 1
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        metrics = list(csv.DictReader(f))
+    assert [int(row["step"]) for row in metrics] == list(range(4, 65, 4))
+    learning = [row for row in metrics if int(row["step"]) >= TINY.start_steps]
     for column in ("critic_loss", "q_mean", "actor_loss", "entropy", "temperature", "temperature_loss"):
-        assert all(np.isfinite(float(row[column])) for row in metrics), column
+        assert all(np.isfinite(float(row[column])) for row in learning), column
+    assert all(float(row["temperature"]) > 0 for row in learning)
     evaluations = read_eval_csv(run_dir / "eval.csv")
     assert list(evaluations["step"]) == [64] and np.isfinite(evaluations["return_mean"]).all()
-
-
-@pytest.mark.xfail(reason="common/training.py make_chunk divides the sum over [iterations, U] update metrics by the "
-                          "number of learning iterations, so every per-update metric is U times its mean")
-def test_logged_update_metrics_are_means_over_updates(smoke_run):
-    # 40 updates at lr 3e-4 move log α by at most ~0.012 from log 1, so the mean temperature is within 2 % of 1.
-    _, metrics = smoke_run
-    for row in metrics:
-        np.testing.assert_allclose(float(row["temperature"]), 1.0, atol=0.02)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -236,6 +248,8 @@ def test_logged_update_metrics_are_means_over_updates(smoke_run):
     (["--start-steps", "64", "--total-steps", "64"], "--start-steps must be in [0, --total-steps=64)"),
     (["--tau", "0"], "--tau must be in (0.0, 1.0]"),
     (["--init-temperature", "-1"], "--init-temperature must be in (0.0, inf]"),
+    (["--init-temperature", "inf"], "--init-temperature must be a finite number"),
+    (["--target-entropy", "nan"], "--target-entropy must be a finite number"),
     (["--critic-hidden-dim", "0"], "--critic-hidden-dim must be a positive integer"),
     (["--critic", "wide"], "--critic"),
 ])
@@ -250,7 +264,22 @@ def test_bad_input_exits_2_with_its_message_before_compiling(flags, message):
 # Learning
 # ----------------------------------------------------------------------------------------------------------------------
 def test_sac_learns_cartpole_balance(tmp_path):
-    """Calibration: see the numbers below; the threshold sits well above random and below every calibration seed."""
+    """Calibration (2-core CPU; this config, default SAC flags otherwise):
+
+    - Uniform random actions (1 000-step episodes, 20 per seed): mean return 368 / 364 / 354 for seeds 1 / 2 / 3
+      (episode std ~60, single episodes 235–521), so a 5-episode evaluation of a random policy sits at 360 ± 30.
+    - SAC, stochastic evaluations (mean of 5 episodes) every 2 k env steps, from
+      `python sac_jax.py --env cartpole-balance --num-envs 16 --updates-per-iteration 16 --batch-size 256
+      --start-steps 2000 --actor-hidden-dim 128 --critic-hidden-dim 128 --total-steps 16000 --eval-interval 2000
+      --eval-episodes 5 --log-interval 2000 --eval-mode both --seed S` (seed 1's first 12 k steps are this test):
+        seed 1: 281, 290, 381, 307, 619, 752 | 965, 854
+        seed 2: 266, 340, 363, 365, 601, 668 | 777, 702
+        seed 3: 180, 388, 395, 337, 453, 614 | 639, 772
+      so the best within 12 k is 752 / 668 / 614 (deterministic evaluations, tanh of the mean: 867 / 737 / 703).
+      Returns oscillate as FlowRL's do, so the test judges the best evaluation, not the last. 125–150 s per 16 k run.
+
+    The threshold, 500, sits ~140 above the random policy (≈ 5 standard errors of a 5-episode mean) and ~115
+    below the weakest calibration seed."""
     args = dataclasses.replace(
         sac.Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=16, batch_size=256, start_steps=2_000,
         actor_hidden_dim=128, critic_hidden_dim=128, total_steps=12_000, eval_interval=2_000, eval_episodes=5,
@@ -258,4 +287,4 @@ def test_sac_learns_cartpole_balance(tmp_path):
     sac.train(args)
     (run_dir,) = tmp_path.iterdir()
     evaluations = read_eval_csv(run_dir / "eval.csv")
-    assert max(evaluations["return_mean"]) > 700
+    assert max(evaluations["return_mean"]) > 500, evaluations["return_mean"]

@@ -1,0 +1,58 @@
+"""Numerical faults in the learner stop the run cleanly; the disk check warns before checkpoints can fail."""
+
+import csv
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import flowrl_jax as flowrl
+from common import checkpoint, resume, training
+from common.envs import BatchedEnv
+
+ARGS = flowrl.Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
+                   hidden_dim=32, log_interval=4, total_steps=64, eval_interval=16, eval_episodes=2,
+                   episode_length=20, checkpoint_interval=16)
+
+
+def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):
+    args = dataclasses.replace(ARGS, run_root=str(tmp_path))
+    env = BatchedEnv(args.env, args.num_envs, episode_length=args.episode_length)
+    trainer = flowrl.make_trainer(args, env, BatchedEnv(args.env, args.eval_episodes, episode_length=20))
+
+    def chunk_that_diverges_at_step_40(state):  # the loss the real chunk computed, poisoned from step 40 on
+        state, metrics = trainer.chunk(state)
+        diverged = state.env_steps >= 40
+        return state, {**metrics, "critic_loss": jax.numpy.where(diverged, np.nan, metrics["critic_loss"])}
+
+    with pytest.raises(SystemExit) as stopped:
+        training.train(args, trainer._replace(chunk=chunk_that_diverges_at_step_40), "flowrl", env)
+    message = str(stopped.value.code)
+    (run_dir,) = tmp_path.iterdir()
+    good = checkpoint.list_checkpoints(run_dir / "checkpoints")
+    assert [path.name for path in good] == ["checkpoint_000000000016.npz", "checkpoint_000000000032.npz"]
+    assert "non-finite critic_loss" in message and "env step 40" in message and str(good[-1]) in message
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == list(range(4, 40, 4))  # all before the fault
+    assert (run_dir / "learning_curve.png").exists()
+
+
+def test_disk_warning_when_checkpoints_will_not_fit(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(resume.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 10 * 2**30})())
+    resume.warn_if_disk_is_short(tmp_path, 4 * 2**30)
+    assert capsys.readouterr().err == ""
+    resume.warn_if_disk_is_short(tmp_path, 12 * 2**30)
+    assert "checkpoints need about 12.00 GiB" in capsys.readouterr().err
+
+
+def test_checkpoint_size_formula_matches_the_state():
+    """README formula: replay bytes = buffer_size × (2·obs + action + 2) × 4, plus ~70 MB for the networks at width
+    512 (params, targets and Adam moments). Checked on humanoid-walk (obs 67, action 21), 1 M buffer, traced only."""
+    args = dataclasses.replace(flowrl.Args(), env="humanoid-walk")
+    env = BatchedEnv(args.env, args.num_envs)
+    trainer = flowrl.make_trainer(args, env, BatchedEnv(args.env, 1))
+    template = jax.eval_shape(trainer.init, jax.random.key(0))
+    replay_bytes = args.buffer_size * (2 * env.obs_size + env.action_size + 2) * 4
+    assert env.obs_size == 67 and env.action_size == 21
+    assert replay_bytes + 60e6 < checkpoint.checkpoint_bytes(template) < replay_bytes + 80e6
