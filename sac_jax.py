@@ -23,7 +23,7 @@ from flax import struct
 
 from common import buffer as replay
 from common import training
-from common.cli import RunArgs, parse_args, require_positive, require_range
+from common.cli import RunArgs, flag, parse_args, require_positive, require_range
 from common.envs import BatchedEnv, EnvState
 from common.evaluation import make_evaluator
 
@@ -57,8 +57,10 @@ def validate_args(args: Args) -> None:
         require_positive(args, "critic_hidden_dim")
     require_range(args, "tau", 0.0, 1.0, low_open=True)
     require_range(args, "init_temperature", 0.0, float("inf"), low_open=True)
-    if args.target_entropy is not None and not math.isfinite(args.target_entropy):
-        raise ValueError(f"--target-entropy must be a finite number, got {args.target_entropy}")
+    for name in ("init_temperature", "target_entropy"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{flag(name)} must be a finite number, got {value}")
 
 
 def with_defaults(args: Args, action_size: int) -> Args:
@@ -259,7 +261,7 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
     def evaluate(state: TrainState, key, deterministic: bool):
         return evaluate_episodes((state.actor, jnp.bool_(deterministic)), key)
 
-    return training.Trainer(init=jax.jit(init), chunk=chunk, evaluate=evaluate,
+    return training.Trainer(init=jax.jit(init), chunk=chunk, evaluate=evaluate, update=update,
                             env_steps_per_chunk=env_steps_per_chunk)
 
 

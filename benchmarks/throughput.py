@@ -8,12 +8,8 @@ Rows are appended to --out (CSV) with the device and the exact command.
     python benchmarks/throughput.py --algo flowrl --env cheetah-run --num-envs 1 256 --updates-per-iteration 1
 """
 
-import csv
 import dataclasses
-import datetime
 import importlib
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,6 +19,7 @@ import jax
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.record import append_row, provenance  # noqa: E402
 from common.envs import BatchedEnv  # noqa: E402
 
 
@@ -96,7 +93,6 @@ def measure(args: Args, num_envs: int) -> dict:
     update_seconds = best_seconds(lambda: compiled_updates(holder[0], update_keys), args.repeats) / args.update_only
 
     return dict(
-        date=datetime.date.today().isoformat(), device=str(jax.devices()[0]), cpu=platform.processor() or platform.machine(),
         algo=args.algo, env=args.env, num_envs=num_envs, updates_per_iteration=args.updates_per_iteration,
         hidden_dim=args.hidden_dim, batch_size=args.batch_size,
         env_steps_per_s=round(iterations * num_envs / chunk_seconds, 1),
@@ -104,24 +100,14 @@ def measure(args: Args, num_envs: int) -> dict:
         update_only_per_s=round(1.0 / update_seconds, 2), gflop_per_update=round(update_flops / 1e9, 3),
         update_gflops=round(update_flops / update_seconds / 1e9, 1),
         peak_fraction=round(update_flops / update_seconds / 1e9 / args.peak_gflops, 3),
-        compile_s=round(compile_seconds, 1), command="python " + shlex.join(sys.argv),
+        compile_s=round(compile_seconds, 1), **provenance(),
     )
 
 
 def main() -> None:
     args = tyro.cli(Args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     for num_envs in args.num_envs:
-        row = measure(args, num_envs)
-        print(row, flush=True)
-        new_file = not out.exists()
-        with out.open("a", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(row))
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
-
+        append_row(args.out, measure(args, num_envs))
 
 if __name__ == "__main__":
     main()

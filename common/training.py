@@ -86,7 +86,8 @@ def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: 
     @partial(jax.jit, donate_argnums=0)
     def chunk(state):
         state, (update_metrics, stats) = jax.lax.scan(iteration, state, None, length=iterations)
-        update_weight = stats["learning"][:, None]  # [iterations, 1]: no updates before learning starts
+        # [iterations, U]: no updates before learning starts
+        update_weight = jnp.broadcast_to(stats["learning"][:, None], (iterations, args.updates_per_iteration))
         policy_weight = update_weight * update_metrics.pop("policy_updated", jnp.ones_like(update_weight))
         metrics = {}
         for name, values in update_metrics.items():
