@@ -24,7 +24,6 @@ from common import buffer as replay
 from common import training
 from common.cli import RunArgs, parse_args, require_positive, require_range
 from common.envs import BatchedEnv, EnvState
-from common.evaluation import make_evaluator
 
 
 @dataclasses.dataclass
@@ -290,15 +289,11 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
         learned=lambda state: (state.policy, state.q, state.q_beta, state.v_beta),
         policy_metric_names=("policy_loss", "q_policy", "cfm_error", "weight_mean", "weight_min", "weight_max"))
 
-    def eval_action(params, obs, key):
-        policy_params, deterministic = params
+    def eval_action(policy_params, obs, key, deterministic):
         x0 = jnp.where(deterministic, 0.0, clipped_noise(key, (*obs.shape[:-1], action_size)))
-        return training.to_env_bounds(eval_env, flow_action(policy_params, obs, x0))
+        return flow_action(policy_params, obs, x0)
 
-    evaluate_episodes = jax.jit(make_evaluator(eval_env, eval_action))
-
-    def evaluate(state: TrainState, key, deterministic: bool):
-        return evaluate_episodes((state.policy, jnp.bool_(deterministic)), key)
+    evaluate = training.make_evaluate(eval_env, eval_action, policy_params=lambda state: state.policy)
 
     return training.Trainer(init=jax.jit(init), chunk=chunk, evaluate=evaluate, update=update,
                             env_steps_per_chunk=env_steps_per_chunk)

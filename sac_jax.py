@@ -25,7 +25,6 @@ from common import buffer as replay
 from common import training
 from common.cli import RunArgs, flag, parse_args, require_positive, require_range
 from common.envs import BatchedEnv, EnvState
-from common.evaluation import make_evaluator
 
 CRITIC_WIDTHS = {"reference": 512, "classic": 256}
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -250,16 +249,11 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
         args, env, act=lambda state, obs, key: sample_action(state.actor, obs, key)[0], update=update,
         learned=lambda state: (state.actor, state.q, state.log_temperature))
 
-    def eval_action(params, obs, key):
-        actor_params, deterministic = params
+    def eval_action(actor_params, obs, key, deterministic):
         mean, log_std = actor_net.apply(actor_params, obs)
-        action = jnp.where(deterministic, jnp.tanh(mean), sample_squashed(key, mean, log_std)[0])
-        return training.to_env_bounds(eval_env, action)
+        return jnp.where(deterministic, jnp.tanh(mean), sample_squashed(key, mean, log_std)[0])
 
-    evaluate_episodes = jax.jit(make_evaluator(eval_env, eval_action))
-
-    def evaluate(state: TrainState, key, deterministic: bool):
-        return evaluate_episodes((state.actor, jnp.bool_(deterministic)), key)
+    evaluate = training.make_evaluate(eval_env, eval_action, policy_params=lambda state: state.actor)
 
     return training.Trainer(init=jax.jit(init), chunk=chunk, evaluate=evaluate, update=update,
                             env_steps_per_chunk=env_steps_per_chunk)

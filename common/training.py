@@ -20,6 +20,7 @@ import numpy as np
 from common import buffer as replay
 from common import checkpoint, resume
 from common.envs import BatchedEnv
+from common.evaluation import make_evaluator
 from common.logger import RunLogger, make_run_dir
 
 
@@ -35,6 +36,19 @@ def to_env_bounds(env: BatchedEnv, action):
     """Map a squashed action in [-1, 1] to the env's actuator range."""
     low, high = jnp.asarray(env.action_low), jnp.asarray(env.action_high)
     return low + (action + 1.0) * 0.5 * (high - low)
+
+
+def make_evaluate(eval_env: BatchedEnv, act: Callable, policy_params: Callable) -> Callable:
+    """evaluate(state, key, deterministic) -> one episode's return per eval env, compiled once for both modes.
+
+    act(params, obs, key, deterministic) -> action in [-1, 1]; policy_params(state) -> the params `act` needs.
+    """
+    def act_in_bounds(params_and_mode, obs, key):
+        params, deterministic = params_and_mode
+        return to_env_bounds(eval_env, act(params, obs, key, deterministic))
+
+    evaluate_episodes = jax.jit(make_evaluator(eval_env, act_in_bounds))
+    return lambda state, key, deterministic: evaluate_episodes((policy_params(state), jnp.bool_(deterministic)), key)
 
 
 def empty_transition(env: BatchedEnv) -> dict:
