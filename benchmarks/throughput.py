@@ -2,7 +2,7 @@
 
 For each E in --num-envs it builds the algorithm's trainer, runs one chunk to compile and fill the buffer, then
 times whole chunks of {act → step E envs → store → U updates}. Separately it times a scan of updates alone and
-reads its FLOP count from XLA's cost analysis, to report achieved GFLOP/s against --peak-gflops.
+counts an update's matmul FLOPs (benchmarks/flops.py), to report achieved GFLOP/s against --peak-gflops.
 Rows are appended to --out (CSV) with the device and the exact command.
 
     python benchmarks/throughput.py --algo flowrl --env cheetah-run --num-envs 1 256 --updates-per-iteration 1
@@ -19,6 +19,7 @@ import jax
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.flops import matmul_flops  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
 from common.envs import BatchedEnv  # noqa: E402
 
@@ -86,10 +87,12 @@ def measure(args: Args, num_envs: int) -> dict:
 
     chunk_seconds = best_seconds(run_chunk, args.repeats)
 
+    # Average matmul FLOPs of an update: the policy branch runs on one update in `policy_delay` (FlowRL).
+    fewest, most = matmul_flops(trainer.update, holder[0], jax.random.key(1))
+    update_flops = fewest + (most - fewest) / getattr(run_args, "policy_delay", 1)
     update_keys = jax.random.split(jax.random.key(1), args.update_only)
     updates = jax.jit(lambda state, keys: jax.lax.scan(trainer.update, state, keys)[1])
     compiled_updates = updates.lower(holder[0], update_keys).compile()
-    update_flops = compiled_updates.cost_analysis()["flops"] / args.update_only
     update_seconds = best_seconds(lambda: compiled_updates(holder[0], update_keys), args.repeats) / args.update_only
 
     return dict(

@@ -1,11 +1,14 @@
-"""Checkpoints of the whole train state: one pickle-free .npz per save, written atomically and checksummed.
+"""Checkpoints of the whole train state: one flax-msgpack file per save (no pickle), written atomically and checksummed.
 
-Layout of checkpoint_<step:012d>.npz (a plain uncompressed zip of .npy files, loaded with allow_pickle=False, so
-opening one can never run code):
-  leaf_<i>  the i-th leaf of the flattened state as a numpy array; typed PRNG keys as their key data (uint32), dtypes
-            numpy cannot describe (bfloat16, ...) as unsigned ints of the same width
-  header    uint8 JSON: format tag, str(treedef), per-leaf path/shape/dtype (+ key impl), and the caller's metadata
-  sha256    uint8 hex digest of the header and every leaf's name, dtype, shape and bytes
+Layout of checkpoint_<step:012d>.msgpack, one msgpack map in flax.serialization's encoding (arrays are msgpack
+extension type 1 holding (shape, dtype name, raw bytes); arrays above flax's MAX_CHUNK_SIZE are split into chunks).
+Reading it back with flax.serialization.msgpack_restore yields only dicts, strings and plain numpy arrays, so opening
+one can never run code:
+  format  "flowrl-jax-checkpoint/2", the first entry, so a file is recognised from its first bytes
+  header  JSON text: format tag, str(treedef), per-leaf path/shape/dtype (+ key impl), and the caller's metadata
+  sha256  hex digest of the header and every leaf's name, dtype, shape and bytes
+  leaves  {"leaf_<i>": the i-th leaf of the flattened state as a numpy array}; typed PRNG keys as their key data
+          (uint32), dtypes numpy cannot describe (bfloat16, ...) as unsigned ints of the same width
 """
 
 import hashlib
@@ -15,12 +18,14 @@ import re
 from pathlib import Path
 
 import jax
+import msgpack
 import numpy as np
+from flax import serialization
 
-FORMAT = "flowrl-jax-checkpoint/1"
-_NAME = re.compile(r"checkpoint_(\d+)\.npz")
-_ZIP_MAGIC = b"PK\x03\x04"
-_LEAF_OVERHEAD = 512  # bytes per leaf on disk besides its data: npy header, zip entries, its header JSON entry
+FORMAT = "flowrl-jax-checkpoint/2"
+_NAME = re.compile(r"checkpoint_(\d+)\.msgpack")
+_MAGIC = msgpack.Packer().pack_map_header(4) + msgpack.packb("format") + msgpack.packb(FORMAT)  # how every file starts
+_LEAF_OVERHEAD = 192  # bytes per leaf on disk besides its data: msgpack name and array header, header JSON entry
 _SHOWN_DIFFS = 4
 
 
@@ -74,13 +79,14 @@ def _treedef_text(treedef) -> str:
 # Save
 # ----------------------------------------------------------------------------------------------------------------------
 def save(directory: Path, step: int, state, metadata: dict, keep: int) -> Path:
-    """Write directory/checkpoint_<step>.npz atomically, with `metadata` (JSON-serialisable; "step" is set to `step`),
-    then delete all but the newest `keep` checkpoints by step, always counting the one just written among them (a run
-    that fell back to an older checkpoint must not delete its own new saves in favour of the higher steps it left)."""
+    """Write directory/checkpoint_<step>.msgpack atomically, with `metadata` (JSON-serialisable; "step" is set to
+    `step`), then delete all but the newest `keep` checkpoints by step, always counting the one just written among them
+    (a run that fell back to an older checkpoint must not delete its own new saves in favour of the higher steps it
+    left)."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     directory = Path(directory)
-    path = directory / f"checkpoint_{step:012d}.npz"
+    path = directory / f"checkpoint_{step:012d}.msgpack"
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
     leaves = [leaf for _, leaf in paths_leaves]
     entries = [{"path": jax.tree_util.keystr(p), **_spec(leaf)} for p, leaf in paths_leaves]
@@ -89,15 +95,14 @@ def save(directory: Path, step: int, state, metadata: dict, keep: int) -> Path:
             entry["key_impl"] = str(jax.random.key_impl(leaf))
     header = json.dumps({
         "format": FORMAT, "treedef": _treedef_text(treedef), "leaves": entries, "metadata": {**metadata, "step": step},
-    }).encode()
+    })
     arrays = {f"leaf_{i}": a for i, a in enumerate(_to_host(leaves))}
-    digest = _digest(header, arrays)
+    digest = _digest(header.encode(), arrays)
 
     tmp = directory / f".{path.name}.{os.getpid()}.tmp"  # hidden, so list_checkpoints never sees a partial file
     try:
         with open(tmp, "wb") as f:
-            as_bytes = {"header": np.frombuffer(header, np.uint8), "sha256": np.frombuffer(digest.encode(), np.uint8)}
-            np.savez(f, **as_bytes, **arrays)
+            _write(f, header, digest, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -111,6 +116,20 @@ def save(directory: Path, step: int, state, metadata: dict, keep: int) -> Path:
     for leftover in directory.glob(".checkpoint_*.tmp"):  # partial writes of a save that crashed
         leftover.unlink(missing_ok=True)
     return path
+
+
+def _write(f, header: str, digest: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write the bytes of flax.serialization.msgpack_serialize({"format": FORMAT, "header": header, "sha256": digest,
+    "leaves": arrays}, in_place=True) one entry at a time: a map's encoding is its header followed by its keys and
+    values, so only one leaf's encoding is in memory at once rather than the whole file's."""
+    packer = msgpack.Packer()
+    f.write(packer.pack_map_header(4))
+    for key, value in [("format", FORMAT), ("header", header), ("sha256", digest)]:
+        f.write(packer.pack(key) + packer.pack(value))
+    f.write(packer.pack("leaves") + packer.pack_map_header(len(arrays)))
+    for name, array in arrays.items():
+        f.write(packer.pack(name))
+        f.write(serialization.msgpack_serialize(array))  # flax's encoding of the array, chunked if it is huge
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -127,34 +146,63 @@ def _fsync_dir(directory: Path) -> None:
 def _read(path: Path) -> tuple[dict, list[np.ndarray]]:
     """Header and stored leaves of a checkpoint whose format and checksum are verified."""
     try:
-        with open(path, "rb") as f:
-            magic = f.read(len(_ZIP_MAGIC))
+        data = Path(path).read_bytes()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e
-    if len(magic) < len(_ZIP_MAGIC):
-        raise CheckpointError(f"{path}: truncated ({len(magic)} bytes)")
-    if magic != _ZIP_MAGIC:
-        raise CheckpointError(f"{path}: not a checkpoint (not an .npz archive)")
+    if not data.startswith(_MAGIC):
+        if not data:
+            raise CheckpointError(f"{path}: not a checkpoint (empty file)")
+        if _MAGIC.startswith(data):
+            raise CheckpointError(f"{path}: truncated ({len(data)} bytes)")
+        if data.startswith(b"PK\x03\x04"):
+            raise CheckpointError(f"{path}: not a checkpoint (a zip/.npz archive, not a {FORMAT} msgpack file)")
+        raise CheckpointError(f"{path}: not a checkpoint (does not start with the {FORMAT} msgpack tag)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            names = set(npz.files)
-            if not {"header", "sha256"} <= names:
-                raise CheckpointError(f"{path}: not a checkpoint (no header/sha256 entries)")
-            header_bytes, digest = npz["header"].tobytes(), npz["sha256"].tobytes().decode()
-            header = json.loads(header_bytes)
-            if not isinstance(header, dict) or header.get("format") != FORMAT:
-                raise CheckpointError(f"{path}: not a checkpoint (format is not {FORMAT})")
-            leaf_names = [f"leaf_{i}" for i in range(len(header["leaves"]))]
-            if names != {"header", "sha256", *leaf_names}:
-                raise CheckpointError(f"{path}: damaged (entries differ from the {len(leaf_names)} leaves it lists)")
-            arrays = {name: npz[name] for name in leaf_names}
+        payload = serialization.msgpack_restore(data)
+    except Exception as e:  # any failure to decode the bytes means a bad file; name what msgpack said
+        if "incomplete input" in str(e):
+            what = "truncated"
+        elif "exceeds max_" in str(e):  # msgpack bounds every length by the file's size: one runs past its end
+            what = "truncated or damaged"
+        else:
+            what = "damaged"
+        raise CheckpointError(f"{path}: {what} (msgpack: {type(e).__name__}: {e})") from e
+    del data
+    try:
+        if not isinstance(payload, dict) or set(payload) != {"format", "header", "sha256", "leaves"}:
+            raise CheckpointError(f"{path}: not a checkpoint (not a map of format/header/sha256/leaves)")
+        if payload["format"] != FORMAT:
+            raise CheckpointError(f"{path}: not a checkpoint (format is not {FORMAT})")
+        header_text, digest, stored = payload["header"], payload["sha256"], payload["leaves"]
+        if not (isinstance(header_text, str) and isinstance(digest, str) and isinstance(stored, dict)):
+            raise CheckpointError(f"{path}: damaged (header, sha256 or leaves has the wrong type)")
+        header = json.loads(header_text)
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not a checkpoint (format is not {FORMAT})")
+        leaf_names = [f"leaf_{i}" for i in range(len(header["leaves"]))]
+        if set(stored) != set(leaf_names):
+            raise CheckpointError(f"{path}: damaged (entries differ from the {len(leaf_names)} leaves it lists)")
+        for name in leaf_names:
+            value = stored[name]
+            if isinstance(value, msgpack.ExtType):  # left as raw bytes by msgpack_restore; never decoded
+                raise CheckpointError(f"{path}: damaged ({name} is msgpack extension type {value.code}, not an array)")
+            if not isinstance(value, np.ndarray):
+                raise CheckpointError(f"{path}: damaged ({name} is a {type(value).__name__}, not an array)")
+        arrays = {name: stored[name] for name in leaf_names}
     except CheckpointError:
         raise
-    except Exception as e:  # any failure to parse the bytes (zip, npy, JSON, CRC) means a bad file
-        raise CheckpointError(f"{path}: truncated or damaged ({type(e).__name__}: {e})") from e
-    if _digest(header_bytes, arrays) != digest:
+    except Exception as e:  # a header that is not the JSON this module writes
+        raise CheckpointError(f"{path}: damaged ({type(e).__name__}: {e})") from e
+    if _digest(header_text.encode(), arrays) != digest:
         raise CheckpointError(f"{path}: checksum mismatch (SHA-256 of the contents differs from the one stored)")
     return header, list(arrays.values())
+
+
+def read_leaves(path: Path) -> dict[str, np.ndarray]:
+    """{"leaf_<i>": array} of a checkpoint as stored (see the module docstring), after its format and checksum are
+    verified; no template needed. For comparing checkpoints array by array."""
+    header, stored = _read(Path(path))
+    return {f"leaf_{i}": array for i, array in enumerate(stored)}
 
 
 def _check_structure(path: Path, header: dict, template) -> None:

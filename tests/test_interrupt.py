@@ -44,7 +44,7 @@ def test_signal_checkpoints_the_current_chunk_and_exits(tmp_path, signum, exit_c
     assert result.returncode == exit_code, result.stderr[-2000:]
     steps = metric_steps(run_dir)
     (saved,) = checkpoint.list_checkpoints(run_dir / "checkpoints")  # the interval is never reached: the signal's
-    assert saved.name == f"checkpoint_{steps[-1]:012d}.npz"        # checkpoint is at the last chunk logged
+    assert saved.name == f"checkpoint_{steps[-1]:012d}.msgpack"        # checkpoint is at the last chunk logged
     assert steps == list(range(4, steps[-1] + 4, 4)) and steps[-1] < 40000
     assert (run_dir / "learning_curve.png").exists()
     if signum == signal.SIGTERM:  # resume and finish a few chunks later

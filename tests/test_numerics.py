@@ -31,7 +31,7 @@ def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):
     message = str(stopped.value.code)
     (run_dir,) = tmp_path.iterdir()
     good = checkpoint.list_checkpoints(run_dir / "checkpoints")
-    assert [path.name for path in good] == ["checkpoint_000000000016.npz", "checkpoint_000000000032.npz"]
+    assert [path.name for path in good] == ["checkpoint_000000000016.msgpack", "checkpoint_000000000032.msgpack"]
     assert "non-finite critic_loss" in message and "env step 40" in message and str(good[-1]) in message
     with (run_dir / "metrics.csv").open(newline="") as f:
         assert [int(row["step"]) for row in csv.DictReader(f)] == list(range(4, 40, 4))  # all before the fault

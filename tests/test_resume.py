@@ -36,9 +36,7 @@ def table(path: Path) -> list[dict]:
 
 def leaves(run_dir: Path) -> dict:
     """Every array of the final train state, as stored (the header, which holds the config, is left out)."""
-    path = checkpoint.list_checkpoints(run_dir / "checkpoints")[-1]
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files if name.startswith("leaf_")}
+    return checkpoint.read_leaves(checkpoint.list_checkpoints(run_dir / "checkpoints")[-1])
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,7 @@ def full_run(tmp_path_factory):
 
 def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, full_run):
     half = run(tmp_path, "half", total_steps=32)
-    assert [p.name for p in checkpoint.list_checkpoints(half / "checkpoints")] == ["checkpoint_000000000032.npz"]
+    assert [p.name for p in checkpoint.list_checkpoints(half / "checkpoints")] == ["checkpoint_000000000032.msgpack"]
     flowrl.train(dataclasses.replace(ARGS, run_root=str(tmp_path / "unused"), resume=str(half)))
     assert not (tmp_path / "unused").exists()  # the resumed run continues in its own directory
     assert table(half / "metrics.csv") == table(full_run / "metrics.csv")
