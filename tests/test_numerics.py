@@ -56,3 +56,24 @@ def test_checkpoint_size_formula_matches_the_state():
     replay_bytes = args.buffer_size * (2 * env.obs_size + env.action_size + 2) * 4
     assert env.obs_size == 67 and env.action_size == 21
     assert replay_bytes + 60e6 < checkpoint.checkpoint_bytes(template) < replay_bytes + 80e6
+
+
+class DivergingEnv(BatchedEnv):
+    """Env 0's physics is driven to NaN at the 3rd step of each of its episodes."""
+
+    def step(self, state, action):
+        poison = (jax.numpy.arange(self.num_envs) == 0) & (state.episode_step == 2)
+        return super().step(state, jax.numpy.where(poison[:, None], jax.numpy.nan, action))
+
+
+def test_diverged_env_transitions_are_counted_and_kept_out_of_the_replay():
+    args = dataclasses.replace(ARGS, log_interval=40)  # one chunk of 10 iterations, no update before step 16
+    env = DivergingEnv(args.env, args.num_envs, episode_length=args.episode_length)
+    trainer = flowrl.make_trainer(args, env, BatchedEnv(args.env, args.eval_episodes, episode_length=20))
+    state, metrics = trainer.chunk(trainer.init(jax.random.key(0)))
+    # Env 0 restarts after each divergence, so it diverges at steps 3 and 6 and 9 of the chunk: 3 resets.
+    assert int(metrics["nonfinite_env_resets"]) == 3
+    assert int(state.buffer.size) == 40 - 3 and int(state.env_steps) == 40
+    stored = jax.tree.map(lambda x: x[: int(state.buffer.size)], state.buffer.data)
+    assert all(bool(jax.numpy.isfinite(x).all()) for x in jax.tree.leaves(stored))
+    assert np.isfinite(float(metrics["critic_loss"]))
