@@ -20,6 +20,9 @@ class RunArgs:
     """DM Control task, dm_control style (`humanoid-walk`, `cartpole-balance`, ...); `list` prints all of them."""
     seed: int = 1
     """Random seed: network init, noise, environment resets."""
+    num_seeds: int = 1
+    """S: independent seeds `seed … seed+S-1` trained together in one program (jax.vmap over the train state); each
+    equals a single run with that seed. Metrics rows carry a seed column."""
     num_envs: int = 128
     """E: environments stepped together on the device."""
     total_steps: int = 1_000_000
@@ -82,7 +85,7 @@ def require_range(args, name: str, low: float, high: float, low_open: bool = Fal
 def validate_run_args(args: RunArgs) -> None:
     """The checks every algorithm shares (env name, counts, and the E / U / batch / buffer consistency)."""
     resolve_env_name(args.env)
-    require_positive(args, "num_envs", "total_steps", "updates_per_iteration", "batch_size", "buffer_size",
+    require_positive(args, "num_seeds", "num_envs", "total_steps", "updates_per_iteration", "batch_size", "buffer_size",
                      "eval_interval", "eval_episodes", "log_interval", "checkpoint_interval", "keep_checkpoints")
     if args.episode_length is not None:
         require_positive(args, "episode_length")

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from common.plotting import plot_learning_curve, read_eval_csv
 
 
-def make_run_dir(root: str | Path, env_name: str, algo: str, seed: int) -> Path:
-    """Create root/<env>__<algo>__<seed>__<YYYYmmdd-HHMMSS>, with a _N suffix if that name is taken."""
+def make_run_dir(root: str | Path, env_name: str, algo: str, seed: int | str) -> Path:
+    """Create root/<env>__<algo>__<seed or first-last seed>__<YYYYmmdd-HHMMSS>, with a _N suffix if that name is taken."""
     base = f"{env_name}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, n = Path(root) / base, 0
     while True:
@@ -79,6 +79,7 @@ class RunLogger:
         use_wandb: bool = False,
         wandb_project: str = "flowrl-jax",
         resume_step: int | None = None,
+        num_seeds: int = 1,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -103,19 +104,25 @@ class RunLogger:
             mininterval=0.1 if sys.stderr.isatty() else 30,
         )
         self._closed, self._curve = False, None
+        self._num_seeds = num_seeds
 
-    def log_train(self, step: int, metrics: dict[str, float]) -> None:
+    def _tag(self, group: str, name: str, seed: int | None) -> str:
+        """TensorBoard/W&B tag; seeds get their own tags only when a run trains several."""
+        return f"{group}/{name}" if seed is None or self._num_seeds == 1 else f"seed_{seed}/{group}/{name}"
+
+    def log_train(self, step: int, metrics: dict[str, float], seed: int | None = None) -> None:
         step = int(step)
         metrics = {k: float(v) for k, v in metrics.items()}
+        seed_column = {} if seed is None else {"seed": int(seed)}
         # NaN means "no value in this row" (e.g. no episode ended in the chunk): an empty cell, no scalar.
-        self._metrics.write({"step": step, **{k: "" if np.isnan(v) else v for k, v in metrics.items()}})
-        metrics = {k: v for k, v in metrics.items() if not np.isnan(v)}
-        for k, v in metrics.items():
-            self._tb.add_scalar(f"train/{k}", v, step)
+        self._metrics.write({"step": step, **seed_column, **{k: "" if np.isnan(v) else v for k, v in metrics.items()}})
+        metrics = {self._tag("train", k, seed): v for k, v in metrics.items() if not np.isnan(v)}
+        for tag, v in metrics.items():
+            self._tb.add_scalar(tag, v, step)
         if self._wandb:
-            self._wandb.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
+            self._wandb.log(metrics, step=step)
 
-    def log_eval(self, step: int, returns: np.ndarray, mode: str) -> dict[str, float]:
+    def log_eval(self, step: int, returns: np.ndarray, mode: str, seed: int | None = None) -> dict[str, float]:
         step, returns = int(step), np.asarray(returns, dtype=np.float64).ravel()
         summary = {
             "return_mean": float(returns.mean()),
@@ -125,12 +132,14 @@ class RunLogger:
             "num_episodes": len(returns),
         }
         returns_text = " ".join(f"{r:.6g}" for r in returns)
-        self._eval.write({"step": step, "mode": mode, **summary, "returns": returns_text})
+        seed_column = {} if seed is None else {"seed": int(seed)}
+        self._eval.write({"step": step, **seed_column, "mode": mode, **summary, "returns": returns_text})
         # the mode is part of the tag: two eval modes at one step would otherwise overwrite each other
-        for k, v in summary.items():
-            self._tb.add_scalar(f"eval/{mode}/{k}", v, step)
+        tagged = {self._tag("eval", f"{mode}/{k}", seed): v for k, v in summary.items()}
+        for tag, v in tagged.items():
+            self._tb.add_scalar(tag, v, step)
         if self._wandb:
-            self._wandb.log({f"eval/{mode}/{k}": v for k, v in summary.items()}, step=step)
+            self._wandb.log(tagged, step=step)
         return summary
 
     def advance(self, step: int, postfix: dict[str, float | str] | None = None) -> None:

@@ -9,14 +9,16 @@ from matplotlib.ticker import EngFormatter
 
 
 def read_eval_csv(path) -> dict[str, np.ndarray]:
-    """Columns step, mode, return_mean, return_std of an eval.csv, one entry per row in file order.
+    """Columns step, seed, mode, return_mean, return_std of an eval.csv, one entry per row in file order.
 
-    Several eval modes share the file; select one with data["mode"] == mode.
+    Several eval modes and seeds share the file; select with data["mode"] == mode, data["seed"] == seed. A file
+    without a seed column (written by a bare RunLogger) reads as seed 0.
     """
     with Path(path).open(newline="") as f:
         rows = list(csv.DictReader(f))
     return {
         "step": np.array([int(r["step"]) for r in rows], dtype=np.int64),
+        "seed": np.array([int(r.get("seed") or 0) for r in rows], dtype=np.int64),
         "mode": np.array([r["mode"] for r in rows], dtype=str),
         "return_mean": np.array([float(r["return_mean"]) for r in rows], dtype=np.float64),
         "return_std": np.array([float(r["return_std"]) for r in rows], dtype=np.float64),
@@ -24,20 +26,33 @@ def read_eval_csv(path) -> dict[str, np.ndarray]:
 
 
 def plot_learning_curve(eval_csv: Path, png_path: Path, title: str) -> Path:
-    """Mean eval return with a ±std band over the eval episodes, one line per eval mode."""
+    """One line per eval mode: for one seed, the mean eval return with a ±std band over the eval episodes; for
+    several, the mean over seeds with a thin line per seed."""
     data = read_eval_csv(eval_csv)
     if not len(data["step"]):
         raise ValueError(f"{eval_csv} has no eval rows to plot")
     # A bare Figure renders PNGs with Agg and leaves pyplot's global backend alone (headless-safe).
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
+    seeds = np.unique(data["seed"])
     for mode in dict.fromkeys(data["mode"]):  # modes in order of first appearance
-        sel = data["mode"] == mode
-        order = np.argsort(data["step"][sel], kind="stable")  # a resumed run may repeat earlier steps
-        step, mean, std = (data[k][sel][order] for k in ("step", "return_mean", "return_std"))
-        (line,) = ax.plot(step, mean, marker="o", markersize=3, label=str(mode))
-        ax.fill_between(step, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set(xlabel="env steps", ylabel="eval return (mean ± std over episodes)", title=title)
+        per_seed = []
+        for seed in seeds:
+            sel = (data["mode"] == mode) & (data["seed"] == seed)
+            order = np.argsort(data["step"][sel], kind="stable")  # a resumed run may repeat earlier steps
+            per_seed.append(tuple(data[k][sel][order] for k in ("step", "return_mean", "return_std")))
+        if len(seeds) == 1:
+            step, mean, std = per_seed[0]
+            (line,) = ax.plot(step, mean, marker="o", markersize=3, label=str(mode))
+            ax.fill_between(step, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        else:  # seeds run in lockstep, so they share their eval steps
+            step = per_seed[0][0]
+            (line,) = ax.plot(step, np.mean([mean for _, mean, _ in per_seed], axis=0), marker="o", markersize=3,
+                              label=f"{mode} (mean of {len(seeds)} seeds)")
+            for seed_step, mean, _ in per_seed:
+                ax.plot(seed_step, mean, color=line.get_color(), alpha=0.35, linewidth=0.8)
+    ylabel = "eval return (mean ± std over episodes)" if len(seeds) == 1 else "eval return (thin lines: seeds)"
+    ax.set(xlabel="env steps", ylabel=ylabel, title=title)
     ax.xaxis.set_major_formatter(EngFormatter())  # 500k, 1M rather than an offset like 1e6
     ax.grid(alpha=0.3)
     ax.legend(title="eval mode")

@@ -3,7 +3,10 @@
 A chunk is ONE jitted call that scans over iterations of {act → step all E envs → store E transitions → U updates},
 with the train state donated so the replay buffer is updated in place. The host loop runs chunks and does all host
 work (metrics, evaluation, progress, checks) between them. Algorithms supply `act` and `update`; their train state
-is any pytree with the fields `env`, `buffer`, `key`, `env_steps` and `updates`.
+is a flax struct with the fields `env`, `buffer`, `key`, `env_steps` and `updates`.
+
+`--num-seeds S` trains S independent seeds in lockstep in one program: `over_seeds` vmaps the trainer over a leading
+seed axis of the train state, and the host loop logs one row per seed.
 """
 
 import dataclasses
@@ -48,7 +51,8 @@ def make_evaluate(eval_env: BatchedEnv, act: Callable, policy_params: Callable) 
         return to_env_bounds(eval_env, act(params, obs, key, deterministic))
 
     evaluate_episodes = jax.jit(make_evaluator(eval_env, act_in_bounds))
-    return lambda state, key, deterministic: evaluate_episodes((policy_params(state), jnp.bool_(deterministic)), key)
+    return lambda state, key, deterministic: evaluate_episodes((policy_params(state), jnp.asarray(deterministic, bool)),
+                                                               key)
 
 
 def empty_transition(env: BatchedEnv) -> dict:
@@ -118,13 +122,47 @@ def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: 
     return chunk, iterations * num_envs
 
 
-def check_finite(metrics: dict, step: int) -> None:
-    """Stop on a NaN/Inf in any loss, value or parameter (the metrics so far are already on disk)."""
-    if not metrics["params_finite"]:
-        raise FloatingPointError(f"non-finite network parameters in the chunk ending at env step {step}")
-    for name, value in metrics.items():
-        if name != "train_return" and not np.isfinite(value):  # train_return is NaN when no episode ended
-            raise FloatingPointError(f"non-finite {name} ({value}) in the chunk ending at env step {step}")
+def seed_axes(state):
+    """vmap axes of a train state over seeds. The step counters have none: seeds run in lockstep, and an unbatched
+    counter keeps the conds on it (learning started, policy delay) real conds under vmap instead of selects that
+    compute both branches."""
+    return jax.tree.map(lambda _: 0, state).replace(env_steps=None, updates=None)
+
+
+def over_seeds(trainer: Trainer, num_seeds: int) -> Trainer:
+    """The trainer for `num_seeds` independent seeds in one program: init and evaluate take one key per seed, and
+    evaluate returns [seeds, episodes]. Several seeds: chunk and evaluate vmap over the leading seed axis of the train
+    state (see seed_axes), and the chunk metrics carry that axis. One seed: no axis is added, so the compiled program
+    and the checkpoint layout are exactly the single-seed ones."""
+    if num_seeds == 1:
+        return trainer._replace(init=lambda keys: trainer.init(keys[0]),
+                                evaluate=lambda state, keys, deterministic: trainer.evaluate(state, keys[0],
+                                                                                             deterministic)[None])
+    axes = seed_axes(jax.eval_shape(trainer.init, jax.random.key(0)))
+    return trainer._replace(
+        init=jax.jit(jax.vmap(trainer.init, out_axes=axes)),
+        chunk=jax.jit(jax.vmap(trainer.chunk, in_axes=(axes,), out_axes=(axes, 0)), donate_argnums=0),
+        evaluate=jax.jit(jax.vmap(trainer.evaluate, in_axes=(axes, 0, None))),
+    )
+
+
+def seed_keys(first_seed: int, num_seeds: int) -> tuple[jax.Array, jax.Array]:
+    """(init keys, eval keys), one per seed: seed k's keys are those of a single run with `--seed k`."""
+    keys = [jax.random.split(jax.random.key(seed)) for seed in range(first_seed, first_seed + num_seeds)]
+    return jnp.stack([k[0] for k in keys]), jnp.stack([k[1] for k in keys])
+
+
+def check_finite(metrics: dict, step: int, seeds: list[int]) -> None:
+    """Stop on a NaN/Inf in any seed's loss, value or parameter (the metrics so far are already on disk)."""
+    for index, seed in enumerate(seeds):
+        if not metrics["params_finite"][index]:
+            raise FloatingPointError(f"non-finite network parameters (seed {seed}) in the chunk ending at env step "
+                                     f"{step}")
+        for name, values in metrics.items():
+            value = values[index]
+            if name != "train_return" and not np.isfinite(value):  # train_return is NaN when no episode ended
+                raise FloatingPointError(f"non-finite {name} ({value}, seed {seed}) in the chunk ending at env step "
+                                         f"{step}")
 
 
 class StopRequest:
@@ -150,9 +188,12 @@ def crossed(step: int, previous_step: int, interval: int) -> bool:
 def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
     """Run chunks until `total_steps`: evaluate every `eval_interval` env steps, checkpoint the whole train state
     every `checkpoint_interval`, and do both at the end. `--resume` continues a run exactly where its checkpoint left
-    it; SIGINT/SIGTERM checkpoint after the current chunk and exit with 128 + the signal number."""
-    init_key, eval_key = jax.random.split(jax.random.key(args.seed))
-    template = jax.eval_shape(trainer.init, init_key)
+    it; SIGINT/SIGTERM checkpoint after the current chunk and exit with 128 + the signal number. With `--num-seeds S`
+    the seeds `seed … seed+S-1` train together, and every metrics and eval row names its seed."""
+    seeds = list(range(args.seed, args.seed + args.num_seeds))
+    trainer = over_seeds(trainer, args.num_seeds)
+    init_keys, eval_keys = seed_keys(args.seed, args.num_seeds)
+    template = jax.eval_shape(trainer.init, init_keys)
     if args.resume:
         try:
             run_dir, checkpoint_path = resume.locate(args.resume, template)
@@ -163,7 +204,8 @@ def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
         start_step = metadata["step"]
         print(f"resuming {run_dir} from {checkpoint_path.name} (env step {start_step})", flush=True)
     else:
-        run_dir, checkpoint_path = make_run_dir(args.run_root, args.env, algo, args.seed), None
+        seed_label = str(args.seed) if args.num_seeds == 1 else f"{seeds[0]}-{seeds[-1]}"
+        run_dir, checkpoint_path = make_run_dir(args.run_root, args.env, algo, seed_label), None
         state, start_step = None, 0
     checkpoint_dir = run_dir / "checkpoints"
     resume.warn_if_disk_is_short(run_dir, checkpoint.checkpoint_bytes(template) * (args.keep_checkpoints + 1))
@@ -174,7 +216,7 @@ def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
                   device=str(jax.devices()[0]), jax_version=jax.__version__)
     # Rows logged after the checkpoint (the chunks an interrupted run lost) are replaced, not duplicated.
     logger = RunLogger(run_dir, config, total_steps_run, use_wandb=args.wandb, wandb_project=args.wandb_project,
-                       resume_step=start_step if args.resume else None)
+                       resume_step=start_step if args.resume else None, num_seeds=args.num_seeds)
     print(f"run directory: {run_dir}", flush=True)
     eval_modes = ["stochastic", "deterministic"] if args.eval_mode == "both" else [args.eval_mode]
     last_checkpoint = [checkpoint_path if args.resume else None]
@@ -187,33 +229,38 @@ def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
 
     try:
         with StopRequest() as stop:
-            state = trainer.init(init_key) if state is None else state
+            state = trainer.init(init_keys) if state is None else state
             logger.advance(start_step)
             for chunk_index in range(start_step // trainer.env_steps_per_chunk + 1, num_chunks + 1):
                 start = time.perf_counter()
                 state, metrics = trainer.chunk(state)
-                metrics = jax.device_get(metrics)
+                metrics = {name: np.atleast_1d(values) for name, values in jax.device_get(metrics).items()}  # [S]
                 seconds = time.perf_counter() - start
                 step = chunk_index * trainer.env_steps_per_chunk
                 previous_step = step - trainer.env_steps_per_chunk
                 try:
-                    check_finite(metrics, step)
+                    check_finite(metrics, step, seeds)
                 except FloatingPointError as error:
                     raise SystemExit(f"error: {error}; the run stopped; last good checkpoint: {last_checkpoint[0]}")
-                metrics = {name: float(value) for name, value in metrics.items() if name != "params_finite"}
-                metrics["env_steps_per_s"] = trainer.env_steps_per_chunk / seconds
-                metrics["updates_per_s"] = metrics.pop("updates") / seconds
-                logger.log_train(step, metrics)
+                # Throughput counts every seed's env steps and updates: the program does all of them.
+                env_steps_per_s = trainer.env_steps_per_chunk * args.num_seeds / seconds
+                updates_per_s = float(np.sum(metrics.pop("updates"))) / seconds
+                for index, seed in enumerate(seeds):
+                    row = {name: float(values[index]) for name, values in metrics.items() if name != "params_finite"}
+                    logger.log_train(step, dict(row, env_steps_per_s=env_steps_per_s, updates_per_s=updates_per_s),
+                                     seed)
                 postfix = {}
                 if "critic_loss" in metrics:
-                    postfix["critic_loss"] = f"{metrics['critic_loss']:.3g}"
+                    postfix["critic_loss"] = f"{np.mean(metrics['critic_loss']):.3g}"
                 if crossed(step, previous_step, args.eval_interval) or chunk_index == num_chunks:
                     for mode in eval_modes:
                         # Evaluation noise depends on (seed, step, mode) only, so a resumed run evaluates identically.
-                        key = jax.random.fold_in(jax.random.fold_in(eval_key, step), eval_modes.index(mode))
-                        returns = np.asarray(trainer.evaluate(state, key, mode == "deterministic"))
-                        summary = logger.log_eval(step, returns, mode)
-                        postfix[f"eval_{mode[:3]}"] = f"{summary['return_mean']:.1f}"
+                        keys = jax.vmap(lambda key: jax.random.fold_in(jax.random.fold_in(key, step),
+                                                                       eval_modes.index(mode)))(eval_keys)
+                        returns = np.asarray(trainer.evaluate(state, keys, mode == "deterministic"))
+                        means = [logger.log_eval(step, returns[index], mode, seed)["return_mean"]
+                                 for index, seed in enumerate(seeds)]
+                        postfix[f"eval_{mode[:3]}"] = f"{np.mean(means):.1f}"
                 logger.advance(step, postfix)
                 if crossed(step, previous_step, args.checkpoint_interval) or chunk_index == num_chunks or stop.signal:
                     save(step)
@@ -222,4 +269,5 @@ def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
                           flush=True)
                     raise SystemExit(128 + stop.signal)
     finally:
-        logger.close(curve_title=f"{algo} on {args.env} (seed {args.seed})")
+        seed_text = f"seed {args.seed}" if args.num_seeds == 1 else f"seeds {seeds[0]}–{seeds[-1]}"
+        logger.close(curve_title=f"{algo} on {args.env} ({seed_text})")

@@ -1,0 +1,218 @@
+"""Run a benchmark suite: tasks × algorithms, each pair one training program with all its seeds vmapped.
+
+    python benchmarks/run_suite.py --suite cpu              # ~1 h on a 2-core CPU
+    python benchmarks/run_suite.py --suite paper            # the FlowRL paper's DMC tasks, 1 M steps, 5 seeds (GPU)
+    python benchmarks/run_suite.py --suite mine --tasks cartpole-swingup --algos sac --num-seeds 2 --total-steps 20000
+
+Results: benchmarks/results/<suite>/<task>/<algo>.csv (seed, step, eval_return: the mean stochastic eval return),
+plus runs.csv there (one row per finished pair: flags, wall-clock, device, command). Run directories, logs and
+checkpoints go under runs/suites/<suite>/<task>/<algo>/ (not committed).
+
+Resumable: a pair whose results CSV exists is skipped; an interrupted pair continues from its newest checkpoint
+(the training scripts' --resume). Plot with benchmarks/plot.py --suite <suite>.
+"""
+
+import csv
+import dataclasses
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.record import append_row, provenance  # noqa: E402
+from common.envs import resolve_env_name  # noqa: E402
+from common.plotting import read_eval_csv  # noqa: E402
+
+Algo = Literal["flowrl", "sac"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    tasks: dict[str, int]                   # task -> total env steps per seed
+    algos: tuple[str, ...] = ("flowrl", "sac")
+    num_seeds: int = 5
+    flags: tuple[str, ...] = ()             # passed to every training run
+    algo_flags: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    evaluations: int = 10                   # evaluations per run, evenly spaced (the last at the end)
+
+
+SUITES = {
+    # Cheap tasks and small networks, sized so the whole suite runs in about an hour on the 2-core CPU machine
+    # (measured: see the README). The update-to-data ratio is 1/4 (32 envs, 8 updates per step) to fit the budget.
+    "cpu": Suite(
+        tasks={"cartpole-swingup": 40_000, "pendulum-swingup": 40_000, "point-mass-easy": 40_000,
+               "reacher-easy": 40_000, "cheetah-run": 40_000},
+        num_seeds=3,
+        flags=("--num-envs", "32", "--updates-per-iteration", "8", "--batch-size", "256", "--start-steps", "2560",
+               "--log-interval", "2048", "--eval-episodes", "5", "--buffer-size", "100000"),
+        algo_flags={"flowrl": ("--hidden-dim", "128"),
+                    "sac": ("--actor-hidden-dim", "128", "--critic-hidden-dim", "128")},
+    ),
+    # The FlowRL paper's DMC tasks at 1 M env steps and 5 seeds, with the scripts' GPU defaults (128 envs, 8 updates
+    # per step, batch 512, reference network sizes). One command on one GPU; resumable across sessions.
+    "paper": Suite(
+        tasks={task: 1_000_000 for task in ("humanoid-walk", "humanoid-run", "humanoid-stand", "walker-run",
+                                            "walker-stand", "cheetah-run", "hopper-hop")},
+        num_seeds=5,
+    ),
+}
+
+
+@dataclasses.dataclass
+class Args:
+    suite: str = "cpu"
+    """A named suite (cpu, paper), or a new name for a custom suite given by --tasks/--total-steps."""
+    tasks: tuple[str, ...] = ()
+    """Restrict a named suite to these tasks, or list the tasks of a custom suite."""
+    algos: tuple[Algo, ...] = ()
+    """Restrict to these algorithms (default: the suite's)."""
+    num_seeds: int | None = None
+    """Seeds per task and algorithm, trained together in one program (default: the suite's)."""
+    total_steps: int | None = None
+    """Env steps per run, overriding the suite's per-task budgets (required for a custom suite)."""
+    results_root: str = "benchmarks/results"
+    """Results go to <results-root>/<suite>/<task>/<algo>.csv."""
+    runs_root: str = "runs/suites"
+    """Run directories (checkpoints, logs) go to <runs-root>/<suite>/<task>/<algo>/."""
+    dry_run: bool = False
+    """Print the commands and what would be skipped or resumed; run nothing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    task: str
+    algo: str
+    num_seeds: int
+    total_steps: int
+    flags: tuple[str, ...]
+
+
+def plan(args: Args) -> list[Job]:
+    """The suite's jobs after the command-line restrictions; raises ValueError on bad input."""
+    if args.suite in SUITES:
+        suite = SUITES[args.suite]
+    elif not args.tasks or args.total_steps is None:
+        raise ValueError(f"--suite {args.suite!r} is not a named suite ({', '.join(SUITES)}); a custom suite needs "
+                         f"--tasks and --total-steps")
+    else:
+        suite = Suite(tasks={task: args.total_steps for task in args.tasks})
+    for task in args.tasks:
+        resolve_env_name(task)  # an unknown task fails now, with the close matches
+    unknown = [task for task in args.tasks if task not in suite.tasks]
+    if unknown:
+        raise ValueError(f"--tasks: {unknown} not in suite {args.suite!r} ({', '.join(suite.tasks)})")
+    for name in ("num_seeds", "total_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    num_seeds = args.num_seeds or suite.num_seeds
+    jobs = []
+    for task, budget in suite.tasks.items():
+        if args.tasks and task not in args.tasks:
+            continue
+        total_steps = args.total_steps or budget
+        eval_interval = max(total_steps // suite.evaluations, 1)
+        for algo in args.algos or suite.algos:
+            flags = (*suite.flags, *suite.algo_flags.get(algo, ()), "--eval-interval", str(eval_interval))
+            jobs.append(Job(task, algo, num_seeds, total_steps, flags))
+    return jobs
+
+
+def results_path(args: Args, job: Job) -> Path:
+    return Path(args.results_root) / args.suite / job.task / f"{job.algo}.csv"
+
+
+def run_root(args: Args, job: Job) -> Path:
+    return Path(args.runs_root) / args.suite / job.task / job.algo
+
+
+def resumable_run(root: Path) -> Path | None:
+    """The newest run directory under root that has a checkpoint to continue from."""
+    runs = sorted((d for d in root.glob("*/") if any((d / "checkpoints").glob("checkpoint_*.msgpack"))),
+                  key=lambda d: d.stat().st_mtime)
+    return runs[-1] if runs else None
+
+
+def command(args: Args, job: Job) -> list[str]:
+    previous = resumable_run(run_root(args, job))
+    if previous is not None:  # the saved flags are the defaults; only the budget is passed again
+        return [sys.executable, f"{job.algo}_jax.py", "--resume", str(previous.resolve())]
+    return [sys.executable, f"{job.algo}_jax.py", "--env", job.task, "--seed", "1",
+            "--num-seeds", str(job.num_seeds), "--total-steps", str(job.total_steps),
+            "--run-root", str(run_root(args, job).resolve()), *job.flags]
+
+
+def newest_run(root: Path) -> Path:
+    return max(root.glob("*/eval.csv"), key=lambda p: p.stat().st_mtime).parent
+
+
+def write_results(run_dir: Path, path: Path) -> float:
+    """Copy the stochastic evaluations of a finished run to the suite's CSV; returns the final mean over seeds."""
+    evaluations = read_eval_csv(run_dir / "eval.csv")
+    keep = evaluations["mode"] == "stochastic"
+    rows = sorted(zip(evaluations["seed"][keep], evaluations["step"][keep], evaluations["return_mean"][keep]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["seed", "step", "eval_return"])
+        writer.writerows((int(seed), int(step), f"{value:.6g}") for seed, step, value in rows)
+    temporary.replace(path)  # a CSV that exists is complete: the suite skips it on the next call
+    final_step = max(step for _, step, _ in rows)
+    finals = [value for _, step, value in rows if step == final_step]
+    return sum(finals) / len(finals)
+
+
+def format_seconds(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds))
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    try:
+        jobs = plan(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    pending = [job for job in jobs if not results_path(args, job).exists()]
+    print(f"suite {args.suite}: {len(jobs)} runs, {len(jobs) - len(pending)} already done", flush=True)
+    started, finished_steps = time.perf_counter(), 0
+    pending_steps = sum(job.total_steps for job in pending)
+    for index, job in enumerate(pending, 1):
+        cmd = command(args, job)
+        elapsed = time.perf_counter() - started
+        # The estimate scales the time so far by env steps; runs of different tasks cost differently per step.
+        eta = f", ~{format_seconds(elapsed / finished_steps * (pending_steps - finished_steps))} left" \
+            if finished_steps else ""
+        print(f"[{index}/{len(pending)}] {job.task} {job.algo} ({job.num_seeds} seeds, {job.total_steps} steps) "
+              f"elapsed {format_seconds(elapsed)}{eta}\n  {' '.join(cmd[1:])}", flush=True)
+        if args.dry_run:
+            continue
+        root = run_root(args, job)
+        root.mkdir(parents=True, exist_ok=True)
+        log_path = root / "train.log"
+        job_start = time.perf_counter()
+        with log_path.open("a") as log:
+            returncode = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        if returncode != 0:
+            print(f"error: {job.task} {job.algo} exited with {returncode}; see {log_path} (rerun the suite to "
+                  f"continue from its last checkpoint)", file=sys.stderr)
+            raise SystemExit(1)
+        seconds = time.perf_counter() - job_start
+        final = write_results(newest_run(root), results_path(args, job))
+        append_row(Path(args.results_root) / args.suite / "runs.csv",
+                   dict(task=job.task, algo=job.algo, num_seeds=job.num_seeds, total_steps=job.total_steps,
+                        flags=" ".join(job.flags), wall_s=round(seconds, 1), final_eval_return=round(final, 1),
+                        **dict(provenance(), command=" ".join(cmd[1:]))))
+        finished_steps += job.total_steps
+        print(f"  done in {format_seconds(seconds)}: final eval return {final:.1f} (mean over seeds)", flush=True)
+    print(f"suite {args.suite} complete in {format_seconds(time.perf_counter() - started)}; "
+          f"plot with: python benchmarks/plot.py --suite {args.suite}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""`--num-seeds`: S seeds vmapped in one program, each equal to the single run with its seed."""
+
+import csv
+
+import jax
+import numpy as np
+import pytest
+
+import flowrl_jax as flowrl
+import sac_jax as sac
+from common import training
+from common.envs import BatchedEnv
+from tests.test_flowrl_train import TINY, TINY_FLAGS, run_script
+from tests.test_sac import TINY as SAC_TINY
+
+NUM_SEEDS, FIRST_SEED, CHECKED = 3, 1, 1  # seed 2 is compared with a single run of seed 2
+
+
+def trainers(module, args):
+    env = BatchedEnv(args.env, args.num_envs, episode_length=args.episode_length)
+    trainer = module.make_trainer(args, env, BatchedEnv(args.env, args.eval_episodes, episode_length=args.episode_length))
+    return training.over_seeds(trainer, NUM_SEEDS), training.over_seeds(trainer, 1)
+
+
+@pytest.mark.parametrize("module, args", [(flowrl, TINY), (sac, SAC_TINY)], ids=["flowrl", "sac"])
+def test_seed_k_of_a_vmapped_run_equals_the_single_run_with_that_seed(module, args):
+    vmapped, single = trainers(module, args)
+    init_keys, eval_keys = training.seed_keys(FIRST_SEED, NUM_SEEDS)
+    single_init_keys, single_eval_keys = training.seed_keys(FIRST_SEED + CHECKED, 1)
+    many, one = vmapped.init(init_keys), single.init(single_init_keys)
+    for _ in range(6):  # 24 env steps: random actions until 16, then one update per chunk (the policy moves too)
+        many, many_metrics = vmapped.chunk(many)
+        one, one_metrics = single.chunk(one)
+    many, one = jax.device_get((many, one))
+    updates = 3 * args.updates_per_iteration
+    assert int(one.updates) == updates and int(many.updates) == updates  # the counters are shared, not per seed
+
+    leaves_many, leaves_one = jax.tree.leaves(many), jax.tree.leaves(one)
+    for name in ("env_steps", "updates"):
+        assert np.shape(getattr(many, name)) == ()
+    batched = [(m, o) for m, o in zip(leaves_many, leaves_one) if np.shape(m) != np.shape(o)]
+    assert len(batched) == len(leaves_one) - 2 and all(m.shape == (NUM_SEEDS, *np.shape(o)) for m, o in batched)
+    for m, o in batched:
+        if jax.dtypes.issubdtype(m.dtype, jax.dtypes.prng_key):
+            m, o = jax.random.key_data(m), jax.random.key_data(o)
+        np.testing.assert_allclose(m[CHECKED], o, rtol=1e-4, atol=1e-5)
+    # The seeds really differ (a vmap that broadcast one seed would pass the comparison above).
+    q_leaf = jax.tree.leaves(many.q)[0]
+    assert not np.allclose(q_leaf[0], q_leaf[1])
+
+    for name, value in one_metrics.items():
+        np.testing.assert_allclose(np.asarray(many_metrics[name])[CHECKED], value, rtol=1e-4, atol=1e-5, err_msg=name)
+    for deterministic in (False, True):
+        returns_many = np.asarray(vmapped.evaluate(many, eval_keys, deterministic))
+        returns_one = np.asarray(single.evaluate(one, single_eval_keys, deterministic))
+        assert returns_many.shape == (NUM_SEEDS, args.eval_episodes) and returns_one.shape == (1, args.eval_episodes)
+        np.testing.assert_allclose(returns_many[CHECKED], returns_one[0], rtol=1e-4)
+
+
+def test_num_seeds_run_writes_a_seed_column(tmp_path):
+    result = run_script(*TINY_FLAGS, f"--num-seeds={NUM_SEEDS}", f"--run-root={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.startswith(f"{TINY.env}__flowrl__1-3__")
+    for name in ("metrics.csv", "eval.csv"):
+        with (run_dir / name).open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        steps = sorted({int(row["step"]) for row in rows})
+        # every step has exactly one row per seed
+        assert sorted((int(row["step"]), int(row["seed"])) for row in rows) == [
+            (step, seed) for step in steps for seed in (1, 2, 3)], name
+    assert (run_dir / "learning_curve.png").stat().st_size > 0
+
+
+def test_num_seeds_must_be_positive():
+    result = run_script(*TINY_FLAGS, "--num-seeds=0")
+    assert result.returncode == 2 and "--num-seeds must be a positive integer" in result.stderr
