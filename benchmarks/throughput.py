@@ -6,6 +6,13 @@ counts an update's matmul FLOPs (benchmarks/flops.py), to report achieved GFLOP/
 Rows are appended to --out (CSV) with the device and the exact command.
 
     python benchmarks/throughput.py --algo flowrl --env cheetah-run --num-envs 1 256 --updates-per-iteration 1
+
+With --plot, it also draws env-steps/s and updates/s against E for the rows just measured and marks the knee: the
+first E after which the next, larger E raises env-steps/s by less than half its factor (e.g. E ×4 gives < ×2),
+i.e. where adding envs stops paying for itself because the updates, not the envs, take most of the time.
+
+    python benchmarks/throughput.py --algo flowrl --env humanoid-walk --num-envs 1 4 16 64 256 \
+        --out benchmarks/results/scaling_cpu.csv --plot benchmarks/results/scaling_cpu.png
 """
 
 import dataclasses
@@ -17,6 +24,7 @@ from typing import Literal
 
 import jax
 import tyro
+from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.flops import matmul_flops  # noqa: E402
@@ -48,6 +56,8 @@ class Args:
     """Peak FP32 GFLOP/s of the device (2-core AMD EPYC Zen 4 here: 2 cores × 2 FMA × 16 lanes × ~2.6 GHz)."""
     out: str = "benchmarks/results/throughput_cpu.csv"
     """CSV that rows are appended to."""
+    plot: str | None = None
+    """PNG of env-steps/s and updates/s against E for the rows measured now, with the knee marked."""
 
 
 def algorithm_args(module, args: Args, num_envs: int, iterations: int):
@@ -107,10 +117,44 @@ def measure(args: Args, num_envs: int) -> dict:
     )
 
 
+def knee(num_envs: list[int], env_steps_per_s: list[float]) -> int:
+    """The first E whose step to the next E gains less than half of E's factor in env-steps/s (the last E if none)."""
+    for (e, rate), (next_e, next_rate) in zip(zip(num_envs, env_steps_per_s), zip(num_envs[1:], env_steps_per_s[1:])):
+        if next_rate / rate < 0.5 * next_e / e:
+            return e
+    return num_envs[-1]
+
+
+def plot_scaling(rows: list[dict], path: str) -> int:
+    """Log-log env-steps/s and updates/s against E; returns the knee."""
+    rows = sorted(rows, key=lambda row: row["num_envs"])
+    num_envs = [row["num_envs"] for row in rows]
+    env_rate, update_rate = [row["env_steps_per_s"] for row in rows], [row["updates_per_s"] for row in rows]
+    knee_envs = knee(num_envs, env_rate)
+    first = rows[0]
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.loglog(num_envs, env_rate, marker="o", label="env steps/s")
+    ax.loglog(num_envs, update_rate, marker="s", label="updates/s")
+    ax.axvline(knee_envs, color="grey", linestyle="--", linewidth=1, label=f"knee: E = {knee_envs}")
+    ax.set(xlabel="E (environments stepped together)", ylabel="per second",
+           title=f"{first['algo']} on {first['env']}: U={first['updates_per_iteration']}, width "
+                 f"{first['hidden_dim']}, batch {first['batch_size']} ({first['device']})")
+    ax.set_xticks(num_envs, [str(e) for e in num_envs])
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.savefig(path, dpi=120)
+    return knee_envs
+
+
 def main() -> None:
     args = tyro.cli(Args)
+    rows = []
     for num_envs in args.num_envs:
-        append_row(args.out, measure(args, num_envs))
+        rows.append(measure(args, num_envs))
+        append_row(args.out, rows[-1])
+    if args.plot:
+        print(f"knee at E = {plot_scaling(rows, args.plot)}; plot: {args.plot}", flush=True)
 
 if __name__ == "__main__":
     main()

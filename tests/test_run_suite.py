@@ -1,0 +1,101 @@
+"""The suite runner's planning, skipping and resuming, without training (no compiles)."""
+
+import csv
+import dataclasses
+import sys
+
+import pytest
+
+from benchmarks import run_suite
+from benchmarks.run_suite import Args
+
+
+def test_named_suite_plans_every_task_and_algorithm_with_its_budget():
+    jobs = run_suite.plan(Args(suite="cpu"))
+    suite = run_suite.SUITES["cpu"]
+    assert [(job.task, job.algo) for job in jobs] == [(task, algo) for task in suite.tasks for algo in suite.algos]
+    assert all(job.num_seeds == suite.num_seeds and job.total_steps == suite.tasks[job.task] for job in jobs)
+    flowrl_flags = next(job.flags for job in jobs if job.algo == "flowrl")
+    assert "--hidden-dim" in flowrl_flags
+    assert flowrl_flags[-2:] == ("--eval-interval", str(jobs[0].total_steps // suite.evaluations))
+
+
+def test_restrictions_and_custom_suites():
+    jobs = run_suite.plan(Args(suite="paper", tasks=("hopper-hop",), algos=("sac",), num_seeds=2))
+    assert [(job.task, job.algo, job.num_seeds, job.total_steps) for job in jobs] == [("hopper-hop", "sac", 2, 1_000_000)]
+    jobs = run_suite.plan(Args(suite="mine", tasks=("cartpole-swingup",), total_steps=5000))
+    assert [(job.task, job.total_steps) for job in jobs] == [("cartpole-swingup", 5000)] * 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (Args(suite="mine"), "not a named suite"),
+    (Args(suite="cpu", tasks=("hopper-hop",)), "not in suite 'cpu'"),
+    (Args(suite="cpu", tasks=("cheetah-rn",)), "close matches: cheetah-run"),
+    (Args(suite="cpu", num_seeds=0), "--num-seeds must be a positive integer"),
+])
+def test_bad_input_is_refused_before_anything_runs(args, message):
+    with pytest.raises(ValueError, match=message):
+        run_suite.plan(args)
+
+
+def write_eval_csv(run_dir, rows):
+    run_dir.mkdir(parents=True)
+    with (run_dir / "eval.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "seed", "mode", "return_mean", "return_std", "return_min", "return_max",
+                         "num_episodes", "returns"])
+        for step, seed, mode, value in rows:
+            writer.writerow([step, seed, mode, value, 0, value, value, 1, value])
+
+
+def test_results_keep_the_stochastic_evaluations_per_seed(tmp_path):
+    write_eval_csv(tmp_path / "run", [(100, 1, "stochastic", 10.0), (100, 1, "deterministic", 99.0),
+                                      (100, 2, "stochastic", 20.0), (200, 2, "stochastic", 40.0),
+                                      (200, 1, "stochastic", 30.0)])
+    final = run_suite.write_results(tmp_path / "run", tmp_path / "out" / "sac.csv")
+    with (tmp_path / "out" / "sac.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["seed", "step", "eval_return"], ["1", "100", "10"], ["1", "200", "30"], ["2", "100", "20"],
+                    ["2", "200", "40"]]
+    assert final == 35.0
+    assert not (tmp_path / "out" / "sac.tmp").exists()
+
+
+def test_finished_pairs_are_skipped_and_interrupted_ones_resume(tmp_path, monkeypatch, capsys):
+    args = Args(suite="mine", tasks=("cartpole-swingup",), total_steps=5000, results_root=str(tmp_path / "results"),
+                runs_root=str(tmp_path / "runs"), dry_run=True)
+    flowrl_job, sac_job = run_suite.plan(args)
+    # flowrl finished: its results CSV exists. sac was interrupted after a checkpoint.
+    run_suite.results_path(args, flowrl_job).parent.mkdir(parents=True)
+    run_suite.results_path(args, flowrl_job).write_text("seed,step,eval_return\n")
+    interrupted = run_suite.run_root(args, sac_job) / "cartpole-swingup__sac__1-5__20260101-000000"
+    (interrupted / "checkpoints").mkdir(parents=True)
+    assert run_suite.command(args, sac_job)[2:4] == ["--env", "cartpole-swingup"]  # no checkpoint yet: fresh start
+    (interrupted / "checkpoints" / "checkpoint_000000002048.msgpack").write_bytes(b"x")
+    assert run_suite.command(args, sac_job)[1:] == ["sac_jax.py", "--resume", str(interrupted.resolve())]
+
+    monkeypatch.setattr(sys, "argv", ["run_suite.py", *[f"--{k.replace('_', '-')}={v}" for k, v in (
+        ("suite", "mine"), ("tasks", "cartpole-swingup"), ("total_steps", 5000),
+        ("results_root", args.results_root), ("runs_root", args.runs_root))], "--dry-run"])
+    run_suite.main()
+    printed = capsys.readouterr().out
+    assert "suite mine: 2 runs, 1 already done" in printed
+    assert "[1/1] cartpole-swingup sac" in printed and f"--resume {interrupted.resolve()}" in printed
+
+
+def test_suite_definitions_are_valid_training_flags():
+    """Every suite's flags parse and pass the training scripts' checks (a typo would only show mid-suite)."""
+    import flowrl_jax
+    import sac_jax
+    from common.cli import validate_run_args
+    from tyro import cli
+
+    for name in run_suite.SUITES:
+        for job in run_suite.plan(Args(suite=name)):
+            module = flowrl_jax if job.algo == "flowrl" else sac_jax
+            flags = ["--env", job.task, "--num-seeds", str(job.num_seeds), "--total-steps", str(job.total_steps),
+                     *job.flags]
+            parsed = cli(module.Args, args=flags)
+            validate_run_args(parsed)
+            module.validate_args(parsed)
+            assert dataclasses.asdict(parsed)["num_seeds"] == job.num_seeds
