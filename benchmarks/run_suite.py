@@ -126,8 +126,14 @@ def results_path(args: Args, job: Job) -> Path:
     return Path(args.results_root) / args.suite / job.task / f"{job.algo}.csv"
 
 
+def repo_relative(path: Path) -> Path:
+    """Paths in the recorded commands are relative to the repository (where the training scripts run) when inside it."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def run_root(args: Args, job: Job) -> Path:
-    return Path(args.runs_root) / args.suite / job.task / job.algo
+    return repo_relative(Path(args.runs_root) / args.suite / job.task / job.algo)
 
 
 def resumable_run(root: Path) -> Path | None:
@@ -138,12 +144,12 @@ def resumable_run(root: Path) -> Path | None:
 
 
 def command(args: Args, job: Job) -> list[str]:
-    previous = resumable_run(run_root(args, job))
+    previous = resumable_run(ROOT / run_root(args, job))
     if previous is not None:  # the saved flags are the defaults; only the budget is passed again
-        return [sys.executable, f"{job.algo}_jax.py", "--resume", str(previous.resolve())]
+        return [sys.executable, f"{job.algo}_jax.py", "--resume", str(repo_relative(previous))]
     return [sys.executable, f"{job.algo}_jax.py", "--env", job.task, "--seed", "1",
             "--num-seeds", str(job.num_seeds), "--total-steps", str(job.total_steps),
-            "--run-root", str(run_root(args, job).resolve()), *job.flags]
+            "--run-root", str(run_root(args, job)), *job.flags]
 
 
 def newest_run(root: Path) -> Path:
@@ -163,7 +169,7 @@ def write_results(run_dir: Path, path: Path) -> float:
         writer.writerows((int(seed), int(step), f"{value:.6g}") for seed, step, value in rows)
     temporary.replace(path)  # a CSV that exists is complete: the suite skips it on the next call
     final_step = max(step for _, step, _ in rows)
-    finals = [value for _, step, value in rows if step == final_step]
+    finals = [float(value) for _, step, value in rows if step == final_step]
     return sum(finals) / len(finals)
 
 
@@ -192,7 +198,7 @@ def main() -> None:
               f"elapsed {format_seconds(elapsed)}{eta}\n  {' '.join(cmd[1:])}", flush=True)
         if args.dry_run:
             continue
-        root = run_root(args, job)
+        root = ROOT / run_root(args, job)  # the training scripts run in ROOT
         root.mkdir(parents=True, exist_ok=True)
         log_path = root / "train.log"
         job_start = time.perf_counter()
@@ -210,6 +216,8 @@ def main() -> None:
                         **dict(provenance(), command=" ".join(cmd[1:]))))
         finished_steps += job.total_steps
         print(f"  done in {format_seconds(seconds)}: final eval return {final:.1f} (mean over seeds)", flush=True)
+    if args.dry_run:
+        return
     print(f"suite {args.suite} complete in {format_seconds(time.perf_counter() - started)}; "
           f"plot with: python benchmarks/plot.py --suite {args.suite}", flush=True)
 

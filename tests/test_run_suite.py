@@ -18,6 +18,9 @@ def test_named_suite_plans_every_task_and_algorithm_with_its_budget():
     flowrl_flags = next(job.flags for job in jobs if job.algo == "flowrl")
     assert "--hidden-dim" in flowrl_flags
     assert flowrl_flags[-2:] == ("--eval-interval", str(jobs[0].total_steps // suite.evaluations))
+    cmd = run_suite.command(Args(suite="cpu", runs_root="runs/suites-test-none"), jobs[0])
+    # inside the repository, the recorded command names the run root relative to it (where the scripts run)
+    assert cmd[cmd.index("--run-root") + 1] == f"runs/suites-test-none/cpu/{jobs[0].task}/flowrl"
 
 
 def test_restrictions_and_custom_suites():
@@ -72,7 +75,7 @@ def test_finished_pairs_are_skipped_and_interrupted_ones_resume(tmp_path, monkey
     (interrupted / "checkpoints").mkdir(parents=True)
     assert run_suite.command(args, sac_job)[2:4] == ["--env", "cartpole-swingup"]  # no checkpoint yet: fresh start
     (interrupted / "checkpoints" / "checkpoint_000000002048.msgpack").write_bytes(b"x")
-    assert run_suite.command(args, sac_job)[1:] == ["sac_jax.py", "--resume", str(interrupted.resolve())]
+    assert run_suite.command(args, sac_job)[1:] == ["sac_jax.py", "--resume", str(interrupted.resolve())]  # outside the repo: absolute
 
     monkeypatch.setattr(sys, "argv", ["run_suite.py", *[f"--{k.replace('_', '-')}={v}" for k, v in (
         ("suite", "mine"), ("tasks", "cartpole-swingup"), ("total_steps", 5000),
