@@ -7,16 +7,18 @@ Rows are appended to --out (CSV) with the device and the exact command.
 
     python benchmarks/throughput.py --algo flowrl --env cheetah-run --num-envs 1 256 --updates-per-iteration 1
 
-With --plot, it also draws env-steps/s and updates/s against E for the rows just measured and marks the knee: the
-first E after which the next, larger E raises env-steps/s by less than half its factor (e.g. E ×4 gives < ×2),
-i.e. where adding envs stops paying for itself because the updates, not the envs, take most of the time.
+With --plot, it also draws env-steps/s and updates/s against E for the rows just measured (or, with --replot, those
+already in --out) and marks the knee: the E at which stepping the envs takes as long as the U updates. Below it,
+more envs come almost free (the updates dominate); above it, env-steps/s grows ever slower toward the envs' rate.
 
     python benchmarks/throughput.py --algo flowrl --env humanoid-walk --num-envs 1 4 16 64 256 \
         --out benchmarks/results/scaling_cpu.csv --plot benchmarks/results/scaling_cpu.png
 """
 
+import csv
 import dataclasses
 import importlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -58,6 +60,8 @@ class Args:
     """CSV that rows are appended to."""
     plot: str | None = None
     """PNG of env-steps/s and updates/s against E for the rows measured now, with the knee marked."""
+    replot: bool = False
+    """Measure nothing: draw --plot from the rows already in --out that match --algo, --env, U, width and batch."""
 
 
 def algorithm_args(module, args: Args, num_envs: int, iterations: int):
@@ -117,26 +121,36 @@ def measure(args: Args, num_envs: int) -> dict:
     )
 
 
-def knee(num_envs: list[int], env_steps_per_s: list[float]) -> int:
-    """The first E whose step to the next E gains less than half of E's factor in env-steps/s (the last E if none)."""
-    for (e, rate), (next_e, next_rate) in zip(zip(num_envs, env_steps_per_s), zip(num_envs[1:], env_steps_per_s[1:])):
-        if next_rate / rate < 0.5 * next_e / e:
-            return e
-    return num_envs[-1]
+def knee(rows: list[dict]) -> float | None:
+    """The E at which stepping the envs takes as long as the iteration's U updates, interpolated on log-log between
+    measured E; past it env-steps/s grows ever slower toward the envs' own rate. None if the range does not cross it.
+
+    Per iteration (one step of all E envs + U updates): time = E / env-steps/s, updates = U / update-only rate, and
+    env stepping (with acting and storing) is the rest."""
+    points = []
+    for row in sorted(rows, key=lambda row: row["num_envs"]):
+        iteration = row["num_envs"] / row["env_steps_per_s"]
+        updates = row["updates_per_iteration"] / row["update_only_per_s"]
+        points.append((math.log(row["num_envs"]), math.log(max(iteration - updates, 1e-12) / updates)))
+    for (log_e, log_ratio), (next_log_e, next_log_ratio) in zip(points, points[1:]):
+        if log_ratio < 0 <= next_log_ratio:
+            return math.exp(log_e + (next_log_e - log_e) * -log_ratio / (next_log_ratio - log_ratio))
+    return None
 
 
-def plot_scaling(rows: list[dict], path: str) -> int:
-    """Log-log env-steps/s and updates/s against E; returns the knee."""
+def plot_scaling(rows: list[dict], path: str) -> float | None:
+    """Log-log env-steps/s and updates/s against E, the knee marked; returns the knee."""
     rows = sorted(rows, key=lambda row: row["num_envs"])
     num_envs = [row["num_envs"] for row in rows]
-    env_rate, update_rate = [row["env_steps_per_s"] for row in rows], [row["updates_per_s"] for row in rows]
-    knee_envs = knee(num_envs, env_rate)
+    knee_envs = knee(rows)
     first = rows[0]
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    ax.loglog(num_envs, env_rate, marker="o", label="env steps/s")
-    ax.loglog(num_envs, update_rate, marker="s", label="updates/s")
-    ax.axvline(knee_envs, color="grey", linestyle="--", linewidth=1, label=f"knee: E = {knee_envs}")
+    ax.loglog(num_envs, [row["env_steps_per_s"] for row in rows], marker="o", label="env steps/s")
+    ax.loglog(num_envs, [row["updates_per_s"] for row in rows], marker="s", label="updates/s")
+    if knee_envs is not None:
+        ax.axvline(knee_envs, color="grey", linestyle="--", linewidth=1,
+                   label=f"knee: E ≈ {knee_envs:.0f} (env stepping = updates)")
     ax.set(xlabel="E (environments stepped together)", ylabel="per second",
            title=f"{first['algo']} on {first['env']}: U={first['updates_per_iteration']}, width "
                  f"{first['hidden_dim']}, batch {first['batch_size']} ({first['device']})")
@@ -147,14 +161,28 @@ def plot_scaling(rows: list[dict], path: str) -> int:
     return knee_envs
 
 
+def read_rows(path: str, args: Args) -> list[dict]:
+    """The rows of --out measured with this algo, env, U, width and batch (numbers as numbers)."""
+    with open(path, newline="") as file:
+        rows = [{k: int(v) if v.isdigit() else float(v) if k.endswith(("_per_s", "_s")) else v
+                 for k, v in row.items()} for row in csv.DictReader(file)]
+    return [row for row in rows if (row["algo"], row["env"], row["updates_per_iteration"], row["hidden_dim"],
+                                    row["batch_size"]) == (args.algo, args.env, args.updates_per_iteration,
+                                                           args.hidden_dim, args.batch_size)]
+
+
 def main() -> None:
     args = tyro.cli(Args)
-    rows = []
-    for num_envs in args.num_envs:
-        rows.append(measure(args, num_envs))
-        append_row(args.out, rows[-1])
+    if args.replot:
+        rows = read_rows(args.out, args)
+    else:
+        rows = []
+        for num_envs in args.num_envs:
+            rows.append(measure(args, num_envs))
+            append_row(args.out, rows[-1])
     if args.plot:
-        print(f"knee at E = {plot_scaling(rows, args.plot)}; plot: {args.plot}", flush=True)
+        knee_envs = plot_scaling(rows, args.plot)
+        print(f"knee at E ≈ {knee_envs:.0f}" if knee_envs else "no knee in the measured range", f"(plot: {args.plot})")
 
 if __name__ == "__main__":
     main()
