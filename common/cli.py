@@ -85,8 +85,9 @@ def require_range(args, name: str, low: float, high: float, low_open: bool = Fal
 def validate_run_args(args: RunArgs) -> None:
     """The checks every algorithm shares (env name, counts, and the E / U / batch / buffer consistency)."""
     resolve_env_name(args.env)
-    require_positive(args, "num_seeds", "num_envs", "total_steps", "updates_per_iteration", "batch_size", "buffer_size",
-                     "eval_interval", "eval_episodes", "log_interval", "checkpoint_interval", "keep_checkpoints")
+    require_positive(args, "num_seeds", "num_envs", "total_steps", "updates_per_iteration", "batch_size",
+                     "buffer_size", "eval_interval", "eval_episodes", "log_interval", "checkpoint_interval",
+                     "keep_checkpoints")
     if args.episode_length is not None:
         require_positive(args, "episode_length")
     if not 0 <= args.start_steps < args.total_steps:

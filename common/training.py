@@ -191,6 +191,7 @@ def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
     it; SIGINT/SIGTERM checkpoint after the current chunk and exit with 128 + the signal number. With `--num-seeds S`
     the seeds `seed … seed+S-1` train together, and every metrics and eval row names its seed."""
     seeds = list(range(args.seed, args.seed + args.num_seeds))
+    seed_label = str(args.seed) if args.num_seeds == 1 else f"{seeds[0]}-{seeds[-1]}"
     trainer = over_seeds(trainer, args.num_seeds)
     init_keys, eval_keys = seed_keys(args.seed, args.num_seeds)
     template = jax.eval_shape(trainer.init, init_keys)
@@ -204,7 +205,6 @@ def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
         start_step = metadata["step"]
         print(f"resuming {run_dir} from {checkpoint_path.name} (env step {start_step})", flush=True)
     else:
-        seed_label = str(args.seed) if args.num_seeds == 1 else f"{seeds[0]}-{seeds[-1]}"
         run_dir, checkpoint_path = make_run_dir(args.run_root, args.env, algo, seed_label), None
         state, start_step = None, 0
     checkpoint_dir = run_dir / "checkpoints"
@@ -269,5 +269,4 @@ def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
                           flush=True)
                     raise SystemExit(128 + stop.signal)
     finally:
-        seed_text = f"seed {args.seed}" if args.num_seeds == 1 else f"seeds {seeds[0]}–{seeds[-1]}"
-        logger.close(curve_title=f"{algo} on {args.env} ({seed_text})")
+        logger.close(curve_title=f"{algo} on {args.env} (seed{'s' * (args.num_seeds > 1)} {seed_label})")
