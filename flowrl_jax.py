@@ -180,7 +180,9 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
     obs_size, action_size = env.obs_size, env.action_size
     velocity_net = VelocityField(args.hidden_dim, action_size)
     q_net = critic_ensemble(args.hidden_dim, 2)
-    v_net = critic_ensemble(args.hidden_dim, 1)
+    # V_β is one plain head: as a vmapped ensemble of one, its gradient reductions over the size-1 axis made the
+    # update ~6 % slower on XLA's CPU backend (benchmarks/results/vbeta_head_ab_cpu.txt).
+    v_net = CriticHead(args.hidden_dim)
     optimiser = optax.adam(args.learning_rate)
 
     def flow_action(policy_params, obs, x0):
@@ -230,7 +232,7 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
         q_params, q_opt = adam_step(state.q, state.q_opt, grads)
 
         # 2. Behaviour-optimal critic: bootstrap from V_β; keep min Q_β from before its step for the weights.
-        target_beta = batch["reward"] + discount * v_net.apply(state.v_beta, next_obs)[0]
+        target_beta = batch["reward"] + discount * v_net.apply(state.v_beta, next_obs)
         (q_beta_loss, q_beta_values), grads = jax.value_and_grad(q_loss_fn, has_aux=True)(state.q_beta, target_beta)
         q_beta_params, q_beta_opt = adam_step(state.q_beta, state.q_beta_opt, grads)
         q_beta_min = q_beta_values.min(0)
@@ -239,7 +241,7 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
         q_beta_target_min = q_net.apply(state.q_beta_target, obs, action).min(0)
 
         def v_loss_fn(params):
-            v = v_net.apply(params, obs)[0]
+            v = v_net.apply(params, obs)
             return expectile_loss(q_beta_target_min - v, args.expectile), v
 
         (v_loss, v_values), grads = jax.value_and_grad(v_loss_fn, has_aux=True)(state.v_beta)

@@ -29,7 +29,7 @@ import tyro
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.flops import matmul_flops  # noqa: E402
+from benchmarks.flops import CPU_PEAK_GFLOPS, matmul_flops  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
 from common.envs import BatchedEnv  # noqa: E402
 
@@ -54,8 +54,8 @@ class Args:
     """Timed chunks per E; the best is reported."""
     update_only: int = 50
     """Updates in the update-only timing."""
-    peak_gflops: float = 166.0
-    """Peak FP32 GFLOP/s of the device (2-core AMD EPYC Zen 4 here: 2 cores × 2 FMA × 16 lanes × ~2.6 GHz)."""
+    peak_gflops: float = CPU_PEAK_GFLOPS
+    """Peak FP32 GFLOP/s of the device (default: this project's 2-core CPU)."""
     out: str = "benchmarks/results/throughput_cpu.csv"
     """CSV that rows are appended to."""
     plot: str | None = None

@@ -95,7 +95,9 @@ class RunLogger:
             )
         self._metrics = _CsvLog(self.run_dir / "metrics.csv", resume_step)
         self._eval = _CsvLog(self.run_dir / "eval.csv", resume_step)
-        self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        # A resumed run re-logs the steps after its checkpoint; purge_step makes TensorBoard hide the first attempt's
+        # events from that step on, as the CSVs drop their rows.
+        self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
         self.bar = tqdm(
             total=total_steps,
             unit="step",

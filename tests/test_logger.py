@@ -3,13 +3,16 @@
 import csv
 import json
 import re
+import struct
 import sys
+import time
 import types
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 
 from common import logger as logger_mod
 from common.logger import RunLogger, make_run_dir, require_wandb
@@ -139,6 +142,41 @@ def test_tensorboard_event_file(run):
     assert len(events) == 1
     content = events[0].read_bytes()
     assert b"train/actor_loss" in content and b"eval/deterministic/return_mean" in content
+
+
+def read_events(path: Path) -> list[Event]:
+    """The events of one TensorBoard file: TFRecords of (length u64, crc u32, payload, crc u32)."""
+    data, events, offset = path.read_bytes(), [], 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        events.append(Event.FromString(data[offset + 12:offset + 12 + length]))
+        offset += 12 + length + 4
+    return events
+
+
+def test_resumed_run_tells_tensorboard_to_hide_the_steps_it_logs_again(tmp_path):
+    first = RunLogger(tmp_path, {}, total_steps=100)
+    for step in (0, 10, 20):
+        first.log_train(step, {"loss": 1.0})
+    first.close()
+    time.sleep(1.1)  # tensorboardX names event files by the second; a real resume comes far later
+    second = RunLogger(tmp_path, {}, total_steps=100, resume_step=10)
+    second.log_train(20, {"loss": 2.0})
+    second.close()
+    first_file, second_file = sorted((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert [e.step for e in read_events(first_file) if e.summary.value] == [0, 10, 20]
+    events = read_events(second_file)
+    # TensorBoard drops earlier events at or after a START marker's step: here the first attempt's step 20.
+    (start,) = [e for e in events if e.session_log.status == SessionLog.START]
+    assert start.step == 11
+    assert [e.step for e in events if e.summary.value] == [20]
+
+
+def test_fresh_run_purges_nothing(run):
+    run.log_train(0, {"loss": 1.0})
+    run.close()
+    (path,) = (run.run_dir / "tb").glob("events.out.tfevents.*")
+    assert not [e for e in read_events(path) if e.session_log.status == SessionLog.START]
 
 
 def test_progress_bar_advance(run):
