@@ -89,10 +89,10 @@ def test_evaluation_modes_and_deterministic_repeatability(tiny_trainer):
 
 def test_flowrl_learns_cartpole_balance(tmp_path):
     """Calibration (2-core CPU, this exact config): a uniform random policy scores 370 ± 52 on cartpole-balance
-    (50 episodes, max 460). FlowRL's evaluations at 2 k, 4 k, …, 12 k env steps, seeds 1–3:
-    seed 1: 184 353 599 522 951 940; seed 2: 221 413 468 738 997 568; seed 3: 262 642 385 957 948 984.
+    (50 episodes, max 460). FlowRL's evaluations at 2 k, 4 k, …, 12 k env steps, seeds 1–3 (re-run after V_β became
+    one plain head): seed 1: 209 388 545 495 459 991; seed 2: 262 722 573 552 982 595; seed 3: 388 510 945 982 987 985.
     The best evaluation is judged (returns oscillate between evaluations, see DESIGN.md); the threshold 700 sits
-    far above random and well below the worst seed's best (951)."""
+    far above random and well below the worst seed's best (982)."""
     args = dataclasses.replace(
         flowrl.Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=16, batch_size=256,
         start_steps=2_000, hidden_dim=128, total_steps=12_000, eval_interval=2_000, eval_episodes=5,
