@@ -268,8 +268,7 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
             return policy, policy_opt, q_target, q_beta_target, metrics
 
         def unchanged(_):
-            metrics = jax.eval_shape(lambda: jax.grad(policy_loss_fn, has_aux=True)(state.policy)[1])
-            metrics = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
+            metrics = training.zeros_like_result(lambda: jax.grad(policy_loss_fn, has_aux=True)(state.policy)[1])
             return state.policy, state.policy_opt, state.q_target, state.q_beta_target, metrics
 
         policy, policy_opt, q_target, q_beta_target, policy_metrics = jax.lax.cond(

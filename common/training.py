@@ -61,6 +61,11 @@ def empty_transition(env: BatchedEnv) -> dict:
     return dict(obs=obs, action=jnp.zeros(env.action_size), reward=jnp.float32(0), next_obs=obs, mask=jnp.float32(0))
 
 
+def zeros_like_result(function: Callable, *args):
+    """Zeros shaped like function(*args), without running it: what the branch of a `lax.cond` that skips it returns."""
+    return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), jax.eval_shape(function, *args))
+
+
 def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: Callable,
                policy_metric_names: tuple[str, ...] = ()) -> tuple[Callable, int]:
     """The compiled chunk, and the env steps it covers.
@@ -76,8 +81,7 @@ def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: 
         return jax.lax.scan(update, state.replace(key=key), jax.random.split(update_key, args.updates_per_iteration))
 
     def skip_updates(state):
-        metrics = jax.eval_shape(run_updates, state)[1]
-        return state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
+        return state, zeros_like_result(lambda state: run_updates(state)[1], state)
 
     def iteration(state, _):
         key, policy_key, random_key = jax.random.split(state.key, 3)
