@@ -9,7 +9,6 @@ bounds what a whole update can reach against --peak-gflops. Rows are appended to
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -19,6 +18,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.flops import CPU_PEAK_GFLOPS  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
+from benchmarks.timing import best_seconds  # noqa: E402
 
 # (name, einsum of one product, whether its second operand is the weight W [width, width]; if not, it is a second
 # [batch, width] activation-shaped operand: the weight gradient contracts over the batch).
@@ -52,13 +52,9 @@ def gflops(args: Args, equation: str, second_is_weight: bool, dtype) -> float:
         return total + result[0, 0], None  # one element of each product keeps it alive
 
     run = jax.jit(lambda x: jax.lax.scan(product, jnp.float32(0), x)[0])
-    jax.block_until_ready(run(x))
-    best = float("inf")
-    for _ in range(args.calls):
-        start = time.perf_counter()
-        jax.block_until_ready(run(x))
-        best = min(best, time.perf_counter() - start)
-    return 2 * args.batch_size * args.width**2 * args.repeats_per_call / best / 1e9
+    jax.block_until_ready(run(x))  # compile outside the timing
+    seconds = best_seconds(lambda: run(x), args.calls)
+    return 2 * args.batch_size * args.width**2 * args.repeats_per_call / seconds / 1e9
 
 
 def main() -> None:

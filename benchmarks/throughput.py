@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.flops import CPU_PEAK_GFLOPS, matmul_flops  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
+from benchmarks.timing import best_seconds  # noqa: E402
 from common.envs import BatchedEnv  # noqa: E402
 
 
@@ -71,15 +72,6 @@ def algorithm_args(module, args: Args, num_envs: int, iterations: int):
         module.Args(), env=args.env, num_envs=num_envs, updates_per_iteration=args.updates_per_iteration,
         batch_size=args.batch_size, start_steps=args.batch_size, log_interval=iterations * num_envs,
         total_steps=10 * iterations * num_envs, eval_episodes=1, **sizes)
-
-
-def best_seconds(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(function())
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def measure(args: Args, num_envs: int) -> dict:
