@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.flops import CPU_PEAK_GFLOPS, matmul_flops  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
 from benchmarks.timing import best_seconds  # noqa: E402
-from common import training  # noqa: E402
 from common.envs import BatchedEnv  # noqa: E402
 
 
@@ -98,8 +97,7 @@ def measure(args: Args, num_envs: int) -> dict:
     fewest, most = matmul_flops(trainer.update, holder[0], jax.random.key(1))
     update_flops = fewest + (most - fewest) / getattr(run_args, "policy_delay", 1)
     update_keys = jax.random.split(jax.random.key(1), args.update_only)
-    updates = jax.jit(lambda state, keys: jax.lax.scan(trainer.update, state, keys)[1],
-                      compiler_options=training.compiler_options())  # compiled as the chunk is
+    updates = jax.jit(lambda state, keys: jax.lax.scan(trainer.update, state, keys)[1])
     compiled_updates = updates.lower(holder[0], update_keys).compile()
     update_seconds = best_seconds(lambda: compiled_updates(holder[0], update_keys), args.repeats) / args.update_only
 

@@ -35,13 +35,6 @@ class Trainer(NamedTuple):
     env_steps_per_chunk: int
 
 
-def compiler_options() -> dict | None:
-    """XLA options for the chunk. On CPU, copy insertion with region analysis lets the parameters that pass unchanged
-    through the chunk's scan and conds stay in place: ~40 MB less copying per update at reference sizes, the same
-    results bit for bit (benchmarks/results/copy_insertion_ab_cpu.txt). Other backends keep XLA's defaults."""
-    return {"xla_cpu_copy_insertion_use_region_analysis": True} if jax.default_backend() == "cpu" else None
-
-
 def to_env_bounds(env: BatchedEnv, action):
     """Map a squashed action in [-1, 1] to the env's actuator range."""
     low, high = jnp.asarray(env.action_low), jnp.asarray(env.action_high)
@@ -112,7 +105,7 @@ def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: 
                      nonfinite=step.nonfinite.sum(), learning=learning.astype(jnp.float32))
         return state, (metrics, stats)
 
-    @partial(jax.jit, donate_argnums=0, compiler_options=compiler_options())
+    @partial(jax.jit, donate_argnums=0)
     def chunk(state):
         state, (update_metrics, stats) = jax.lax.scan(iteration, state, None, length=iterations)
         # [iterations, U]: no updates before learning starts
@@ -152,8 +145,7 @@ def over_seeds(trainer: Trainer, num_seeds: int) -> Trainer:
     axes = seed_axes(jax.eval_shape(trainer.init, jax.random.key(0)))
     return trainer._replace(
         init=jax.jit(jax.vmap(trainer.init, out_axes=axes)),
-        chunk=jax.jit(jax.vmap(trainer.chunk, in_axes=(axes,), out_axes=(axes, 0)), donate_argnums=0,
-                      compiler_options=compiler_options()),
+        chunk=jax.jit(jax.vmap(trainer.chunk, in_axes=(axes,), out_axes=(axes, 0)), donate_argnums=0),
         evaluate=jax.jit(jax.vmap(trainer.evaluate, in_axes=(axes, 0, None))),
     )
 
