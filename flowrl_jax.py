@@ -11,7 +11,6 @@ Paper mode (the reference implementation): `--num-envs 1 --updates-per-iteration
 """
 
 import dataclasses
-from functools import partial
 from typing import Literal
 
 import flax.linen as nn
@@ -21,6 +20,7 @@ import optax
 from flax import struct
 
 from common import buffer as replay
+from common import networks
 from common import training
 from common.cli import RunArgs, parse_args, require_positive, require_range
 from common.envs import BatchedEnv, EnvState
@@ -64,44 +64,21 @@ def validate_args(args: Args) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Networks
 # ----------------------------------------------------------------------------------------------------------------------
+# The critics are the reference's value head (common/networks.py, shared with SAC's reference critic): Q and Q_β are
+# vmapped pairs of it, V_β is one plain head.
 class VelocityField(nn.Module):
-    """v_θ(s, x, t): concat[s, x, t] → 2 × (Dense → LayerNorm → ELU) → Dense(action_dim); Xavier weights, zero biases."""
+    """v_θ(s, x, t): concat[s, x, t] → 2 × (Dense → LayerNorm → ELU) → Dense(action_dim), with the reference's layers
+    (common/networks.py)."""
 
     hidden_dim: int
     action_dim: int
 
     @nn.compact
     def __call__(self, obs, x, t):
-        dense = partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros)
         h = jnp.concatenate([obs, x, t], axis=-1)
         for _ in range(2):
-            h = nn.elu(nn.LayerNorm()(dense(self.hidden_dim)(h)))
-        return dense(self.action_dim)(h)
-
-
-class CriticHead(nn.Module):
-    """One value head: Dense, then LN → Dense → LN → GELU → Dense → LN → GELU → Dense → LN, then Dense(1)."""
-
-    hidden_dim: int
-
-    @nn.compact
-    def __call__(self, *inputs):
-        h = nn.Dense(self.hidden_dim)(jnp.concatenate(inputs, axis=-1))
-        h = nn.Dense(self.hidden_dim)(nn.LayerNorm()(h))
-        h = nn.gelu(nn.LayerNorm()(h))
-        h = nn.Dense(self.hidden_dim)(h)
-        h = nn.gelu(nn.LayerNorm()(h))
-        h = nn.Dense(self.hidden_dim)(h)
-        return nn.Dense(1)(nn.LayerNorm()(h)).squeeze(-1)
-
-
-def critic_ensemble(hidden_dim: int, num_heads: int) -> nn.Module:
-    """`num_heads` independent heads with stacked parameters; output [num_heads, batch]."""
-    ensemble = nn.vmap(
-        CriticHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0,
-        axis_size=num_heads,
-    )
-    return ensemble(hidden_dim)
+            h = nn.elu(networks.layer_norm()(networks.dense(self.hidden_dim)(h)))
+        return networks.dense(self.action_dim)(h)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -179,10 +156,10 @@ class TrainState(struct.PyTreeNode):
 def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.Trainer:
     obs_size, action_size = env.obs_size, env.action_size
     velocity_net = VelocityField(args.hidden_dim, action_size)
-    q_net = critic_ensemble(args.hidden_dim, 2)
+    q_net = networks.ensemble(networks.CriticHead, 2, args.hidden_dim)
     # V_β is one plain head: as a vmapped ensemble of one, its gradient reductions over the size-1 axis made the
     # update ~6 % slower on XLA's CPU backend (benchmarks/results/vbeta_head_ab_cpu.txt).
-    v_net = CriticHead(args.hidden_dim)
+    v_net = networks.CriticHead(args.hidden_dim)
     optimiser = optax.adam(args.learning_rate)
 
     def flow_action(policy_params, obs, x0):
@@ -195,15 +172,15 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
         return flow_action(policy_params, obs, clipped_noise(key, (*obs.shape[:-1], action_size)))
 
     def init(key) -> TrainState:
-        key, policy_key, q_key, q_beta_key, v_key, env_key = jax.random.split(key, 6)
+        key, policy_key, q_key, v_key, env_key = jax.random.split(key, 5)
         obs, act = jnp.zeros((1, obs_size)), jnp.zeros((1, action_size))
         policy = velocity_net.init(policy_key, obs, act, jnp.zeros((1, 1)))
         q = q_net.init(q_key, obs, act)
-        q_beta = q_net.init(q_beta_key, obs, act)
         v_beta = v_net.init(v_key, obs)
+        # As in the reference, Q_β and both targets start as copies of Q.
         return TrainState(
-            policy=policy, q=q, q_target=q, q_beta=q_beta, q_beta_target=q_beta, v_beta=v_beta,
-            policy_opt=optimiser.init(policy), q_opt=optimiser.init(q), q_beta_opt=optimiser.init(q_beta),
+            policy=policy, q=q, q_target=q, q_beta=q, q_beta_target=q, v_beta=v_beta,
+            policy_opt=optimiser.init(policy), q_opt=optimiser.init(q), q_beta_opt=optimiser.init(q),
             v_beta_opt=optimiser.init(v_beta),
             buffer=replay.init(args.buffer_size, training.empty_transition(env)), env=env.reset(env_key), key=key,
             env_steps=jnp.int32(0), updates=jnp.int32(0),

@@ -22,6 +22,7 @@ import optax
 from flax import struct
 
 from common import buffer as replay
+from common import networks
 from common import training
 from common.cli import RunArgs, flag, parse_args, require_positive, require_range
 from common.envs import BatchedEnv, EnvState
@@ -36,8 +37,8 @@ class Args(RunArgs):
     same as for FlowRL; replay batches are drawn uniformly over the buffer."""
 
     critic: Literal["reference", "classic"] = "reference"
-    """`reference`: FlowRL's reference critic (Dense, then LN → Dense → LN → GELU → Dense → LN → GELU → Dense → LN,
-    then Dense(1)); `classic`: a 2-layer ReLU MLP as in the SAC paper."""
+    """`reference`: FlowRL's reference critic, with its layers (Dense, then LN → Dense → LN → GELU → Dense → LN → GELU
+    → Dense → LN, then Dense(1); common/networks.py); `classic`: a 2-layer ReLU MLP as in the SAC paper."""
     critic_hidden_dim: int | None = None
     """Width of each critic (default: 512 for `reference`, as in FlowRL; 256 for `classic`, as in the SAC paper)."""
     actor_hidden_dim: int = 256
@@ -93,34 +94,23 @@ class Actor(nn.Module):
         return mean, log_std
 
 
-class CriticHead(nn.Module):
-    """One Q(s, a) head; `kind` picks the architecture (see Args.critic)."""
+class ClassicCriticHead(nn.Module):
+    """One Q(s, a) head as in the SAC paper: 2 × (Dense → ReLU), then Dense(1)."""
 
     hidden_dim: int
-    kind: str
 
     @nn.compact
     def __call__(self, obs, action):
         h = jnp.concatenate([obs, action], axis=-1)
-        if self.kind == "classic":
-            for _ in range(2):
-                h = nn.relu(nn.Dense(self.hidden_dim)(h))
-            return nn.Dense(1)(h).squeeze(-1)
-        h = nn.Dense(self.hidden_dim)(h)
-        h = nn.Dense(self.hidden_dim)(nn.LayerNorm()(h))
-        h = nn.gelu(nn.LayerNorm()(h))
-        h = nn.Dense(self.hidden_dim)(h)
-        h = nn.gelu(nn.LayerNorm()(h))
-        h = nn.Dense(self.hidden_dim)(h)
-        return nn.Dense(1)(nn.LayerNorm()(h)).squeeze(-1)
+        for _ in range(2):
+            h = nn.relu(nn.Dense(self.hidden_dim)(h))
+        return nn.Dense(1)(h).squeeze(-1)
 
 
 def twin_critic(hidden_dim: int, kind: str) -> nn.Module:
-    """Two independent heads with stacked parameters; output [2, batch]."""
-    ensemble = nn.vmap(
-        CriticHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0, axis_size=2,
-    )
-    return ensemble(hidden_dim, kind)
+    """Two independent heads of the `kind` architecture (see Args.critic) with stacked parameters; output [2, batch]."""
+    head = networks.CriticHead if kind == "reference" else ClassicCriticHead
+    return networks.ensemble(head, 2, hidden_dim)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

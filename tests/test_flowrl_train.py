@@ -44,6 +44,8 @@ def test_chunk_compiles_once_and_updates_follow_the_schedule(tiny_trainer):
     compiles = []
     state = tiny_trainer.init(jax.random.key(0))
     initial = jax.device_get(state)
+    # As in the reference, Q_β and both targets start as copies of Q (V_β and the policy have their own keys).
+    assert all(leaves_equal(initial.q, other) for other in (initial.q_target, initial.q_beta, initial.q_beta_target))
     history = []
     for chunk_index in range(5):
         if chunk_index == 1:  # everything after the first chunk must reuse its executable
