@@ -42,7 +42,7 @@ class Args(RunArgs):
     target_rate: float = 0.95
     """ρ: target ← (1-ρ)·target + ρ·online, applied every `policy_delay` updates (reference 0.95: a near copy)."""
     policy_delay: int = 2
-    """Policy and target updates happen on every `policy_delay`-th update."""
+    """The policy and the targets move on one update in `policy_delay`, from the first on."""
     policy_loss: Literal["reference", "paper"] = "reference"
     """`reference`: mean(-Q) + mean(w)·mean(cfm); `paper`: mean(-Q + w·cfm), per-sample weights as in the paper."""
     recent_window: int = 2048
@@ -128,8 +128,10 @@ def policy_objective(q_policy, cfm_error, weights, mode: str):
 
 
 def is_policy_update(update_count, policy_delay: int):
-    """The policy and the targets move on updates policy_delay, 2·policy_delay, … (update_count counts from 1)."""
-    return update_count % policy_delay == 0
+    """The policy and the targets move on updates 1, 1 + policy_delay, 1 + 2·policy_delay, … (update_count counts
+    from 1): the reference tests `updates % policy_delay == 0` on a counter that starts at 0, so its first update
+    moves them too."""
+    return (update_count - 1) % policy_delay == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
         (v_loss, v_values), grads = jax.value_and_grad(v_loss_fn, has_aux=True)(state.v_beta)
         v_beta_params, v_beta_opt = adam_step(state.v_beta, state.v_beta_opt, grads)
 
-        # 4–5. Policy and targets, every `policy_delay` updates.
+        # 4–5. Policy and targets, on one update in `policy_delay` (the first included).
         update_count = state.updates + 1
 
         def policy_loss_fn(params):

@@ -1,7 +1,7 @@
 """Matrix-multiply FLOPs of a JAX function, read from its jaxpr.
 
 XLA's own cost analysis counts a loop body once and a `lax.cond` as its costliest branch, so it cannot give the
-average cost of FlowRL's update, whose policy branch runs every `policy_delay`-th update. Counting dot_general FLOPs
+average cost of FlowRL's update, whose policy branch runs on one update in `policy_delay`. Counting dot_general FLOPs
 (2·M·N·K, the arithmetic that bounds an MLP update) per branch gives both ends exactly.
 """
 

@@ -90,10 +90,11 @@ def test_target_update_weights_the_online_parameters_by_rho():
 
 
 def test_policy_delay_schedule():
+    """As in the reference (`updates % 2 == 0` on a counter from 0), the first update moves the policy and targets."""
     counts = jnp.arange(1, 9)
-    assert list(np.asarray(flowrl.is_policy_update(counts, 2))) == [False, True] * 4
+    assert list(np.asarray(flowrl.is_policy_update(counts, 2))) == [True, False] * 4
     assert list(np.asarray(flowrl.is_policy_update(counts, 1))) == [True] * 8
-    assert [int(c) for c in counts if flowrl.is_policy_update(c, 3)] == [3, 6]
+    assert [int(c) for c in counts if flowrl.is_policy_update(c, 3)] == [1, 4, 7]
 
 
 def test_flow_policy_captures_both_modes_of_a_bimodal_target():
