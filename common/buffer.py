@@ -53,10 +53,13 @@ def add(buffer: ReplayBuffer, batch: dict, valid: jax.Array | None = None) -> Re
 
 def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int, recent_window: int, recent_fraction: float) -> dict:
     """A batch drawn uniformly over the filled buffer, except a `recent_fraction` share drawn uniformly over the
-    `recent_window` newest transitions (FlowRL's reference: 20 % over the newest 2 048)."""
-    num_recent = int(round(batch_size * recent_fraction))
+    `recent_window` newest transitions (FlowRL's reference: 20 % over the newest 2 048). The split rounds as the
+    reference's does: int(0.8 · 256) = 204 uniform rows, 52 recent. Rows are drawn with replacement (the reference
+    draws each share without), which differs only in the rare repeat of a row."""
+    num_uniform = int(batch_size * (1.0 - recent_fraction))
     uniform_key, recent_key = jax.random.split(key)
-    uniform_rows = jax.random.randint(uniform_key, (batch_size - num_recent,), 0, buffer.size)
+    uniform_rows = jax.random.randint(uniform_key, (num_uniform,), 0, buffer.size)
+    num_recent = batch_size - num_uniform
     window = jnp.minimum(buffer.size, recent_window)
     ages = jax.random.randint(recent_key, (num_recent,), 0, window)  # 0 = newest
     recent_rows = (buffer.position - 1 - ages) % buffer.capacity
