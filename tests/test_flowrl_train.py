@@ -93,10 +93,11 @@ def test_evaluation_modes_and_deterministic_repeatability(tiny_trainer):
 
 def test_flowrl_learns_cartpole_balance(tmp_path):
     """Calibration (2-core CPU, this exact config): a uniform random policy scores 370 ± 52 on cartpole-balance
-    (50 episodes, max 460). FlowRL's evaluations at 2 k, 4 k, …, 12 k env steps, seeds 1–3 (re-run after V_β became
-    one plain head): seed 1: 209 388 545 495 459 991; seed 2: 262 722 573 552 982 595; seed 3: 388 510 945 982 987 985.
-    The best evaluation is judged (returns oscillate between evaluations, see DESIGN.md); the threshold 700 sits
-    far above random and well below the worst seed's best (982)."""
+    (50 episodes, max 460). FlowRL's evaluations at 2 k, 4 k, …, 12 k env steps, seeds 1–3 (re-run after the
+    networks took the reference's PyTorch layers, common/networks.py): seed 1: 188 520 874 548 984 987; seed 2:
+    217 488 508 910 998 847; seed 3: 419 455 398 985 907 959. The best evaluation is judged (returns oscillate
+    between evaluations, see DESIGN.md); the threshold 700 sits far above random and well below the worst seed's best
+    (985)."""
     args = dataclasses.replace(
         flowrl.Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=16, batch_size=256,
         start_steps=2_000, hidden_dim=128, total_steps=12_000, eval_interval=2_000, eval_episodes=5,
