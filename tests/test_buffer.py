@@ -56,8 +56,8 @@ def test_recent_share_is_uniform_over_the_newest_window_after_wrap_around():
 def test_batch_splits_as_the_reference_rounds_it():
     """The reference draws int(0.8 · B) rows uniformly and the rest from the window: 204 + 52 for B = 256."""
     buf = filled(capacity=10_000, count=10_000)
-    for batch_size, num_recent in ((256, 52), (512, 103), (20, 4)):
-        batch = replay.sample(buf, jax.random.key(2), batch_size, recent_window=1, recent_fraction=0.2)
+    for batch_size, fraction, num_recent in ((256, 0.2, 52), (512, 0.2, 103), (20, 0.2, 4), (10, 0.9, 9)):
+        batch = replay.sample(buf, jax.random.key(2), batch_size, recent_window=1, recent_fraction=fraction)
         newest = np.asarray(batch["index"]) == 9_999  # a uniform row is the newest with probability 1e-4 only
         assert newest[-num_recent:].all() and not newest[-num_recent - 1]
 
