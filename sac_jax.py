@@ -108,7 +108,7 @@ class ClassicCriticHead(nn.Module):
 
 
 def twin_critic(hidden_dim: int, kind: str) -> nn.Module:
-    """Two independent heads of the `kind` architecture (see Args.critic) with stacked parameters; output [2, batch]."""
+    """Two independent heads of the `kind` architecture (see Args.critic), stacked parameters; output [2, batch]."""
     head = networks.CriticHead if kind == "reference" else ClassicCriticHead
     return networks.ensemble(head, 2, hidden_dim)
 

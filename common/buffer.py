@@ -57,9 +57,9 @@ def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int, recent_window:
     reference's does: int(0.8 · 256) = 204 uniform rows, 52 recent. Rows are drawn with replacement (the reference
     draws each share without), which differs only in the rare repeat of a row."""
     num_uniform = int(round(batch_size * (1.0 - recent_fraction), 6))  # rounded first: 1 − 0.9 is 0.0999…98 in binary
+    num_recent = batch_size - num_uniform
     uniform_key, recent_key = jax.random.split(key)
     uniform_rows = jax.random.randint(uniform_key, (num_uniform,), 0, buffer.size)
-    num_recent = batch_size - num_uniform
     window = jnp.minimum(buffer.size, recent_window)
     ages = jax.random.randint(recent_key, (num_recent,), 0, window)  # 0 = newest
     recent_rows = (buffer.position - 1 - ages) % buffer.capacity

@@ -56,8 +56,9 @@ def perturbed(params, key):
     the Dense biases stay 0, so that the first LayerNorm sees the tiny variance of the input."""
     paths, tree = jax.tree_util.tree_flatten_with_path(params)
     keys = jax.random.split(key, len(paths))
-    return jax.tree.unflatten(tree, [leaf + ("LayerNorm" in jax.tree_util.keystr(path)) * jax.random.normal(k, leaf.shape)
-                                     for (path, leaf), k in zip(paths, keys)])
+    leaves = [leaf + jax.random.normal(k, leaf.shape) if "LayerNorm" in jax.tree_util.keystr(path) else leaf
+              for (path, leaf), k in zip(paths, keys)]
+    return jax.tree.unflatten(tree, leaves)
 
 
 def test_critic_and_velocity_field_match_the_reference_forward_passes():
@@ -80,8 +81,8 @@ def test_critic_and_velocity_field_match_the_reference_forward_passes():
 
 
 @pytest.mark.parametrize("num_layers, params", [
-    (3, lambda: flowrl.VelocityField(256, 6).init(jax.random.key(0), jnp.zeros((1, 20)),
-                                                                  jnp.zeros((1, 6)), jnp.zeros((1, 1)))),
+    (3, lambda: flowrl.VelocityField(256, 6).init(
+        jax.random.key(0), jnp.zeros((1, 20)), jnp.zeros((1, 6)), jnp.zeros((1, 1)))),
     (5, lambda: networks.ensemble(networks.CriticHead, 2, 256).init(
         jax.random.key(0), jnp.zeros((1, 20)), jnp.zeros((1, 6)))),
     (5, lambda: sac.twin_critic(256, "reference").init(
