@@ -1,17 +1,21 @@
-"""FlowRL: flow-based policy for online RL (Lv et al., NeurIPS 2025), in JAX on MJX environments.
+"""FlowRL: flow-based policy for online RL (Lv et al., NeurIPS 2025), in JAX.
 
 The policy is a velocity field v(s, x, t); an action is tanh(x_1), where x_1 integrates dx/dt = v from noise x_0 with
 midpoint steps (one `lax.scan`). The actor maximises Q through the integration while a conditional-flow-matching
 loss on replay actions, weighted by how far the policy's Q falls below an IQL-style behaviour-optimal value, keeps it
 close to the best behaviour seen in the buffer.
 
-Hot path: a Python loop over chunks; each chunk is ONE jitted call that scans over
-{act → step all envs → write transitions → U fused updates}, with the whole train state donated.
+This file is the whole algorithm and imports only pip packages: copy it alone into your own code (README, "Use the
+algorithm in your own code"). `make_flowrl(config, obs_size, action_size)` gives pure, jittable `init`, `act` and
+`update(state, batch, key)`. The reference's layers are also written out in sac_jax.py, so that each file stands alone.
+Only `main` at the bottom uses this repository's harness (common/: MJX envs, replay, the compiled chunk of
+{act → step E envs → store → U updates}, logging, checkpoints).
 Paper mode (the reference implementation): `--num-envs 1 --updates-per-iteration 1 --batch-size 256`.
 """
 
 import dataclasses
-from typing import Literal
+from functools import partial
+from typing import Callable, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -19,17 +23,10 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from common import buffer as replay
-from common import networks
-from common import training
-from common.cli import RunArgs, parse_args, require_positive, require_range
-from common.envs import BatchedEnv, EnvState
-
 
 @dataclasses.dataclass
-class Args(RunArgs):
-    """FlowRL. Defaults for many envs follow Playground's published SAC config (128 envs, batch 512, 8 updates per
-    iteration); the reference values are noted per flag."""
+class FlowRLConfig:
+    """FlowRL's hyperparameters; the defaults are the reference implementation's."""
 
     hidden_dim: int = 512
     """Width of the velocity field and of every critic."""
@@ -45,30 +42,74 @@ class Args(RunArgs):
     """The policy and the targets move on one update in `policy_delay`, from the first on."""
     policy_loss: Literal["reference", "paper"] = "reference"
     """`reference`: mean(-Q) + mean(w)·mean(cfm); `paper`: mean(-Q + w·cfm), per-sample weights as in the paper."""
+    learning_rate: float = 3e-4
+    """Adam step size for every network."""
+    gamma: float = 0.99
+    """Discount."""
     recent_window: int = 2048
-    """Newest transitions that the recent share of each batch is drawn from."""
+    """Newest transitions that the recent share of each batch is drawn from (`update` takes whatever batch it is
+    given; this and `recent_fraction` say how the reference draws it)."""
     recent_fraction: float = 0.2
     """Share of each batch drawn from the recent window (the rest is uniform over the buffer)."""
 
+    def validate(self) -> None:
+        """Raise ValueError, naming the flag, for a value the algorithm cannot use."""
+        for name in ("hidden_dim", "flow_steps", "policy_delay", "recent_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_flag(name)} must be a positive integer (≥ 1), got {getattr(self, name)}")
+        for name, low, high, low_open in (("expectile", 0.0, 1.0, True), ("recent_fraction", 0.0, 1.0, False),
+                                          ("target_rate", 0.0, 1.0, True), ("lagrange", 0.0, float("inf"), True),
+                                          ("learning_rate", 0.0, float("inf"), True), ("gamma", 0.0, 1.0, False)):
+            value = getattr(self, name)
+            if not (low < value if low_open else low <= value) or value > high:
+                raise ValueError(f"{_flag(name)} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
+        if self.policy_loss not in ("reference", "paper"):
+            raise ValueError(f"--policy-loss must be `reference` or `paper`, got {self.policy_loss!r}")
 
-def validate_args(args: Args) -> None:
-    require_positive(args, "hidden_dim", "flow_steps", "policy_delay", "recent_window")
-    require_range(args, "expectile", 0.0, 1.0, low_open=True)
-    require_range(args, "recent_fraction", 0.0, 1.0)
-    require_range(args, "target_rate", 0.0, 1.0, low_open=True)
-    require_range(args, "lagrange", 0.0, float("inf"), low_open=True)
-    if args.recent_window > args.buffer_size:
-        raise ValueError(f"--recent-window must be ≤ --buffer-size={args.buffer_size}, got {args.recent_window}")
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Networks
+# Networks, with the reference's PyTorch layers: Xavier-uniform weights and zero biases in every Linear, LayerNorm
+# ε = 1e-5 and the exact (erf) GELU. flax's defaults differ in all three (LeCun-normal, ε = 1e-6, tanh GELU).
 # ----------------------------------------------------------------------------------------------------------------------
-# The critics are the reference's value head (common/networks.py, shared with SAC's reference critic): Q and Q_β are
-# vmapped pairs of it, V_β is one plain head.
+dense = partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros)
+layer_norm = partial(nn.LayerNorm, epsilon=1e-5)
+
+
+def gelu(x):
+    return nn.gelu(x, approximate=False)
+
+
+class CriticHead(nn.Module):
+    """One value head as the reference builds Q, Q_β and V_β: Dense, then LN → Dense → LN → GELU → Dense → LN → GELU
+    → Dense → LN, then Dense(1). The inputs are concatenated ((s, a) for Q, s alone for V)."""
+
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, *inputs):
+        h = dense(self.hidden_dim)(jnp.concatenate(inputs, axis=-1))
+        h = dense(self.hidden_dim)(layer_norm()(h))
+        h = gelu(layer_norm()(h))
+        h = dense(self.hidden_dim)(h)
+        h = gelu(layer_norm()(h))
+        h = dense(self.hidden_dim)(h)
+        return dense(1)(layer_norm()(h)).squeeze(-1)
+
+
+def twin_critic(hidden_dim: int) -> nn.Module:
+    """Two independent CriticHeads with stacked parameters (each initialised from its own key), applied to the same
+    inputs; output [2, batch]."""
+    stacked = nn.vmap(CriticHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0,
+                      axis_size=2)
+    return stacked(hidden_dim)
+
+
 class VelocityField(nn.Module):
-    """v_θ(s, x, t): concat[s, x, t] → 2 × (Dense → LayerNorm → ELU) → Dense(action_dim), with the reference's layers
-    (common/networks.py)."""
+    """v_θ(s, x, t): concat[s, x, t] → 2 × (Dense → LayerNorm → ELU) → Dense(action_dim)."""
 
     hidden_dim: int
     action_dim: int
@@ -77,8 +118,8 @@ class VelocityField(nn.Module):
     def __call__(self, obs, x, t):
         h = jnp.concatenate([obs, x, t], axis=-1)
         for _ in range(2):
-            h = nn.elu(networks.layer_norm()(networks.dense(self.hidden_dim)(h)))
-        return networks.dense(self.action_dim)(h)
+            h = nn.elu(layer_norm()(dense(self.hidden_dim)(h)))
+        return dense(self.action_dim)(h)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -135,9 +176,9 @@ def is_policy_update(update_count, policy_delay: int):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Train state
+# The learner: state, init, act, update
 # ----------------------------------------------------------------------------------------------------------------------
-class TrainState(struct.PyTreeNode):
+class FlowRLState(struct.PyTreeNode):
     policy: dict
     q: dict
     q_target: dict
@@ -148,56 +189,73 @@ class TrainState(struct.PyTreeNode):
     q_opt: optax.OptState
     q_beta_opt: optax.OptState
     v_beta_opt: optax.OptState
-    buffer: replay.ReplayBuffer
-    env: EnvState
-    key: jax.Array
-    env_steps: jax.Array  # int32, all envs together
-    updates: jax.Array    # int32, gradient updates done
+    updates: jax.Array  # int32, gradient updates done (the policy delay counts them)
 
 
-def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.Trainer:
-    obs_size, action_size = env.obs_size, env.action_size
-    velocity_net = VelocityField(args.hidden_dim, action_size)
-    q_net = networks.ensemble(networks.CriticHead, 2, args.hidden_dim)
+class FlowRL(NamedTuple):
+    """FlowRL for fixed observation and action sizes; every function is pure and jittable.
+
+    init(key) -> FlowRLState
+    act(state, obs [B, obs_size], key, deterministic=False) -> actions [B, action_size] in [-1, 1]; `deterministic`
+        integrates from x_0 = 0 instead of fresh noise (it may be a traced bool)
+    update(state, batch, key) -> (state, metrics): one update (FLOWRL.md steps 1–5) on a batch, a dict of arrays
+        obs [B, obs_size], action [B, action_size] (in [-1, 1]), reward [B], next_obs [B, obs_size] and mask [B]
+        (0 where the episode truly terminated, 1 otherwise: time limits still bootstrap)
+    """
+
+    config: FlowRLConfig
+    init: Callable
+    act: Callable
+    update: Callable
+    policy_metric_names: tuple[str, ...]  # metrics only a policy update computes: zeros on the others
+
+
+POLICY_METRIC_NAMES = ("policy_loss", "q_policy", "cfm_error", "weight_mean", "weight_min", "weight_max")
+
+
+def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL:
+    config.validate()
+    velocity_net = VelocityField(config.hidden_dim, action_size)
+    q_net = twin_critic(config.hidden_dim)
     # V_β is one plain head: as a vmapped ensemble of one, its gradient reductions over the size-1 axis made the
     # update ~6 % slower on XLA's CPU backend (benchmarks/results/vbeta_head_ab_cpu.txt).
-    v_net = networks.CriticHead(args.hidden_dim)
-    optimiser = optax.adam(args.learning_rate)
+    v_net = CriticHead(config.hidden_dim)
+    optimiser = optax.adam(config.learning_rate)
 
     def flow_action(policy_params, obs, x0):
         """Squashed action in [-1, 1]^d from noise x0, differentiable w.r.t. the policy parameters."""
         def velocity(x, t):
             return velocity_net.apply(policy_params, obs, x, jnp.full((*x.shape[:-1], 1), t))
-        return jnp.tanh(integrate_midpoint(velocity, x0, args.flow_steps))
+        return jnp.tanh(integrate_midpoint(velocity, x0, config.flow_steps))
 
     def sample_action(policy_params, obs, key):
         return flow_action(policy_params, obs, clipped_noise(key, (*obs.shape[:-1], action_size)))
 
-    def init(key) -> TrainState:
-        key, policy_key, q_key, v_key, env_key = jax.random.split(key, 5)
+    def init(key) -> FlowRLState:
+        policy_key, q_key, v_key = jax.random.split(key, 3)
         obs, act = jnp.zeros((1, obs_size)), jnp.zeros((1, action_size))
         policy = velocity_net.init(policy_key, obs, act, jnp.zeros((1, 1)))
         q = q_net.init(q_key, obs, act)
         v_beta = v_net.init(v_key, obs)
         # As in the reference, Q_β and both targets start as copies of Q.
-        return TrainState(
+        return FlowRLState(
             policy=policy, q=q, q_target=q, q_beta=q, q_beta_target=q, v_beta=v_beta,
             policy_opt=optimiser.init(policy), q_opt=optimiser.init(q), q_beta_opt=optimiser.init(q),
-            v_beta_opt=optimiser.init(v_beta),
-            buffer=replay.init(args.buffer_size, training.empty_transition(env)), env=env.reset(env_key), key=key,
-            env_steps=jnp.int32(0), updates=jnp.int32(0),
+            v_beta_opt=optimiser.init(v_beta), updates=jnp.int32(0),
         )
+
+    def act(state: FlowRLState, obs, key, deterministic=False):
+        x0 = jnp.where(deterministic, 0.0, clipped_noise(key, (*obs.shape[:-1], action_size)))
+        return flow_action(state.policy, obs, x0)
 
     def adam_step(params, opt_state, grads):
         updates, opt_state = optimiser.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    def update(state: TrainState, key):
-        """One FlowRL update (FLOWRL.md steps 1–5) on a fresh batch."""
-        batch_key, next_noise_key, policy_noise_key, cfm_noise_key, cfm_time_key = jax.random.split(key, 5)
-        batch = replay.sample(state.buffer, batch_key, args.batch_size, args.recent_window, args.recent_fraction)
+    def update(state: FlowRLState, batch: dict, key):
+        next_noise_key, policy_noise_key, cfm_noise_key, cfm_time_key = jax.random.split(key, 4)
         obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
-        discount = args.gamma * batch["mask"]
+        discount = config.gamma * batch["mask"]
 
         # 1. Critic: bootstrap from the target twin at a fresh policy action.
         next_action = sample_action(state.policy, next_obs, next_noise_key)
@@ -221,72 +279,60 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
 
         def v_loss_fn(params):
             v = v_net.apply(params, obs)
-            return expectile_loss(q_beta_target_min - v, args.expectile), v
+            return expectile_loss(q_beta_target_min - v, config.expectile), v
 
         (v_loss, v_values), grads = jax.value_and_grad(v_loss_fn, has_aux=True)(state.v_beta)
         v_beta_params, v_beta_opt = adam_step(state.v_beta, state.v_beta_opt, grads)
 
         # 4–5. Policy and targets, on one update in `policy_delay` (the first included).
         update_count = state.updates + 1
+        policy_step = is_policy_update(update_count, config.policy_delay)
 
         def policy_loss_fn(params):
             q_policy = q_net.apply(q_params, obs, sample_action(params, obs, policy_noise_key)).min(0)
-            weights = flow_matching_weights(q_beta_min, q_policy, args.lagrange)
-            t = jax.random.uniform(cfm_time_key, (args.batch_size, 1))
+            weights = flow_matching_weights(q_beta_min, q_policy, config.lagrange)
+            t = jax.random.uniform(cfm_time_key, (action.shape[0], 1))
             x_t, target_velocity = flow_matching_pairs(action, clipped_noise(cfm_noise_key, action.shape), t)
             cfm_error = ((velocity_net.apply(params, obs, x_t, t) - target_velocity) ** 2).mean(-1)
-            loss = policy_objective(q_policy, cfm_error, weights, args.policy_loss)
+            loss = policy_objective(q_policy, cfm_error, weights, config.policy_loss)
             return loss, dict(policy_loss=loss, q_policy=q_policy.mean(), cfm_error=cfm_error.mean(),
                               weight_mean=weights.mean(), weight_min=weights.min(), weight_max=weights.max())
 
         def policy_and_targets(_):
             grads, metrics = jax.grad(policy_loss_fn, has_aux=True)(state.policy)
             policy, policy_opt = adam_step(state.policy, state.policy_opt, grads)
-            q_target = optax.incremental_update(q_params, state.q_target, args.target_rate)
-            q_beta_target = optax.incremental_update(q_beta_params, state.q_beta_target, args.target_rate)
+            q_target = optax.incremental_update(q_params, state.q_target, config.target_rate)
+            q_beta_target = optax.incremental_update(q_beta_params, state.q_beta_target, config.target_rate)
             return policy, policy_opt, q_target, q_beta_target, metrics
 
         def unchanged(_):
-            metrics = training.zeros_like_result(lambda: jax.grad(policy_loss_fn, has_aux=True)(state.policy)[1])
+            metric_shapes = jax.eval_shape(lambda: jax.grad(policy_loss_fn, has_aux=True)(state.policy)[1])
+            metrics = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), metric_shapes)
             return state.policy, state.policy_opt, state.q_target, state.q_beta_target, metrics
 
         policy, policy_opt, q_target, q_beta_target, policy_metrics = jax.lax.cond(
-            is_policy_update(update_count, args.policy_delay), policy_and_targets, unchanged, None)
+            policy_step, policy_and_targets, unchanged, None)
 
-        state = state.replace(
+        state = FlowRLState(
             policy=policy, q=q_params, q_target=q_target, q_beta=q_beta_params, q_beta_target=q_beta_target,
             v_beta=v_beta_params, policy_opt=policy_opt, q_opt=q_opt, q_beta_opt=q_beta_opt, v_beta_opt=v_beta_opt,
             updates=update_count,
         )
         metrics = dict(critic_loss=q_loss, q_mean=q_values.mean(), q_beta_loss=q_beta_loss,
                        q_beta_mean=q_beta_values.mean(), v_beta_loss=v_loss, v_beta_mean=v_values.mean(),
-                       policy_updated=is_policy_update(update_count, args.policy_delay).astype(jnp.float32),
-                       **policy_metrics)
+                       policy_updated=policy_step.astype(jnp.float32), **policy_metrics)
         return state, metrics
 
-    chunk, env_steps_per_chunk = training.make_chunk(
-        args, env, act=lambda state, obs, key: sample_action(state.policy, obs, key), update=update,
-        learned=lambda state: (state.policy, state.q, state.q_beta, state.v_beta),
-        policy_metric_names=("policy_loss", "q_policy", "cfm_error", "weight_mean", "weight_min", "weight_max"))
-
-    def eval_action(policy_params, obs, key, deterministic):
-        x0 = jnp.where(deterministic, 0.0, clipped_noise(key, (*obs.shape[:-1], action_size)))
-        return flow_action(policy_params, obs, x0)
-
-    evaluate = training.make_evaluate(eval_env, eval_action, policy_params=lambda state: state.policy)
-
-    return training.Trainer(init=jax.jit(init), chunk=chunk, evaluate=evaluate, update=update,
-                            env_steps_per_chunk=env_steps_per_chunk)
+    return FlowRL(config=config, init=init, act=act, update=update, policy_metric_names=POLICY_METRIC_NAMES)
 
 
-def train(args: Args) -> None:
-    env = BatchedEnv(args.env, args.num_envs, physics=args.physics, episode_length=args.episode_length)
-    eval_env = BatchedEnv(args.env, args.eval_episodes, physics=args.physics, episode_length=args.episode_length)
-    training.train(args, make_trainer(args, env, eval_env), "flowrl", env)
-
-
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line: `python flowrl_jax.py --env humanoid-walk`, `--help` for every flag
+# ----------------------------------------------------------------------------------------------------------------------
 def main() -> None:
-    train(parse_args(Args, validate_args))
+    from common import training  # the harness, imported here so that the algorithm above needs nothing of ours
+
+    training.main("flowrl", FlowRLConfig, make_flowrl)
 
 
 if __name__ == "__main__":

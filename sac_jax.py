@@ -1,19 +1,23 @@
-"""SAC: soft actor-critic with automatic temperature (Haarnoja et al., 2018), in JAX on MJX environments.
+"""SAC: soft actor-critic with automatic temperature (Haarnoja et al., 2018), in JAX.
 
 The baseline that FlowRL is compared with. The actor is a tanh-squashed Gaussian; twin critics bootstrap from Polyak
 targets at a fresh policy action minus α·log π; the temperature α is learned so that the policy's entropy tracks a
 target. By default the critics have FlowRL's reference architecture (`--critic reference`), so that a comparison
 isolates the policy class; `--critic classic` gives the usual 256×256 ReLU MLP.
 
-Hot path: a Python loop over chunks; each chunk is ONE jitted call that scans over
-{act → step all envs → write transitions → U updates}, with the whole train state donated (common/training.py).
+This file is the whole algorithm and imports only pip packages: copy it alone into your own code (README, "Use the
+algorithm in your own code"). `make_sac(config, obs_size, action_size)` gives pure, jittable `init`, `act` and
+`update(state, batch, key)`. FlowRL's reference layers are also written out in flowrl_jax.py, so that each file stands
+alone. Only `main` at the bottom uses this repository's harness (common/: MJX envs, replay, the compiled chunk,
+logging, checkpoints).
 Classic SAC (one env, one update per env step): `--num-envs 1 --updates-per-iteration 1 --batch-size 256
 --critic classic`.
 """
 
 import dataclasses
 import math
-from typing import Literal
+from functools import partial
+from typing import Callable, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -21,24 +25,17 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from common import buffer as replay
-from common import networks
-from common import training
-from common.cli import RunArgs, flag, parse_args, require_positive, require_range
-from common.envs import BatchedEnv, EnvState
-
 CRITIC_WIDTHS = {"reference": 512, "classic": 256}
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 @dataclasses.dataclass
-class Args(RunArgs):
-    """SAC. The shared flags (envs, updates per iteration, batch, buffer, random start steps, evaluation) mean the
-    same as for FlowRL; replay batches are drawn uniformly over the buffer."""
+class SACConfig:
+    """SAC's hyperparameters. Batches are drawn uniformly over the replay."""
 
     critic: Literal["reference", "classic"] = "reference"
     """`reference`: FlowRL's reference critic, with its layers (Dense, then LN → Dense → LN → GELU → Dense → LN → GELU
-    → Dense → LN, then Dense(1); common/networks.py); `classic`: a 2-layer ReLU MLP as in the SAC paper."""
+    → Dense → LN, then Dense(1)); `classic`: a 2-layer ReLU MLP as in the SAC paper."""
     critic_hidden_dim: int | None = None
     """Width of each critic (default: 512 for `reference`, as in FlowRL; 256 for `classic`, as in the SAC paper)."""
     actor_hidden_dim: int = 256
@@ -49,32 +46,85 @@ class Args(RunArgs):
     """α at the start (Brax/Playground SAC and CleanRL start at 1; DMC-tuned SAC often at 0.1)."""
     target_entropy: float | None = None
     """Entropy that α steers the policy toward (default: −|A|, the action dimension)."""
+    learning_rate: float = 3e-4
+    """Adam step size for every network and the temperature."""
+    gamma: float = 0.99
+    """Discount."""
+
+    def validate(self) -> None:
+        """Raise ValueError, naming the flag, for a value the algorithm cannot use."""
+        for name in ("actor_hidden_dim", "critic_hidden_dim"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{_flag(name)} must be a positive integer (≥ 1), got {value}")
+        for name in ("init_temperature", "target_entropy"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{_flag(name)} must be a finite number, got {value}")
+        for name, low, high, low_open in (("tau", 0.0, 1.0, True), ("init_temperature", 0.0, float("inf"), True),
+                                          ("learning_rate", 0.0, float("inf"), True), ("gamma", 0.0, 1.0, False)):
+            value = getattr(self, name)
+            if not (low < value if low_open else low <= value) or value > high:
+                raise ValueError(f"{_flag(name)} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
+        if self.critic not in CRITIC_WIDTHS:
+            raise ValueError(f"--critic must be `reference` or `classic`, got {self.critic!r}")
 
 
-def validate_args(args: Args) -> None:
-    require_positive(args, "actor_hidden_dim")
-    if args.critic_hidden_dim is not None:
-        require_positive(args, "critic_hidden_dim")
-    require_range(args, "tau", 0.0, 1.0, low_open=True)
-    require_range(args, "init_temperature", 0.0, float("inf"), low_open=True)
-    for name in ("init_temperature", "target_entropy"):
-        value = getattr(args, name)
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"{flag(name)} must be a finite number, got {value}")
-
-
-def with_defaults(args: Args, action_size: int) -> Args:
-    """`args` with the defaults that depend on other flags or on the env filled in (recorded so in config.json)."""
-    return dataclasses.replace(
-        args,
-        critic_hidden_dim=args.critic_hidden_dim or CRITIC_WIDTHS[args.critic],
-        target_entropy=-float(action_size) if args.target_entropy is None else args.target_entropy,
-    )
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Networks
+# Networks. The reference critic uses FlowRL's reference PyTorch layers: Xavier-uniform weights and zero biases,
+# LayerNorm ε = 1e-5 and the exact (erf) GELU (flax's defaults differ in all three).
 # ----------------------------------------------------------------------------------------------------------------------
+dense = partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros)
+layer_norm = partial(nn.LayerNorm, epsilon=1e-5)
+
+
+def gelu(x):
+    return nn.gelu(x, approximate=False)
+
+
+class CriticHead(nn.Module):
+    """One Q(s, a) head as FlowRL's reference builds it: Dense, then LN → Dense → LN → GELU → Dense → LN → GELU →
+    Dense → LN, then Dense(1), on concat[s, a]."""
+
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, *inputs):
+        h = dense(self.hidden_dim)(jnp.concatenate(inputs, axis=-1))
+        h = dense(self.hidden_dim)(layer_norm()(h))
+        h = gelu(layer_norm()(h))
+        h = dense(self.hidden_dim)(h)
+        h = gelu(layer_norm()(h))
+        h = dense(self.hidden_dim)(h)
+        return dense(1)(layer_norm()(h)).squeeze(-1)
+
+
+class ClassicCriticHead(nn.Module):
+    """One Q(s, a) head as in the SAC paper: 2 × (Dense → ReLU), then Dense(1)."""
+
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, obs, action):
+        h = jnp.concatenate([obs, action], axis=-1)
+        for _ in range(2):
+            h = nn.relu(nn.Dense(self.hidden_dim)(h))
+        return nn.Dense(1)(h).squeeze(-1)
+
+
+def twin_critic(hidden_dim: int, kind: str) -> nn.Module:
+    """Two independent heads of the `kind` architecture (see SACConfig.critic), each initialised from its own key,
+    with stacked parameters; output [2, batch]."""
+    head = CriticHead if kind == "reference" else ClassicCriticHead
+    stacked = nn.vmap(head, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0,
+                      axis_size=2)
+    return stacked(hidden_dim)
+
+
 class Actor(nn.Module):
     """π(·|s): 2 × (Dense → ReLU), then the mean and log-std of a Gaussian over the pre-tanh action u.
 
@@ -92,25 +142,6 @@ class Actor(nn.Module):
         mean = nn.Dense(self.action_dim)(h)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(nn.Dense(self.action_dim)(h)) + 1.0)
         return mean, log_std
-
-
-class ClassicCriticHead(nn.Module):
-    """One Q(s, a) head as in the SAC paper: 2 × (Dense → ReLU), then Dense(1)."""
-
-    hidden_dim: int
-
-    @nn.compact
-    def __call__(self, obs, action):
-        h = jnp.concatenate([obs, action], axis=-1)
-        for _ in range(2):
-            h = nn.relu(nn.Dense(self.hidden_dim)(h))
-        return nn.Dense(1)(h).squeeze(-1)
-
-
-def twin_critic(hidden_dim: int, kind: str) -> nn.Module:
-    """Two independent heads of the `kind` architecture (see Args.critic), stacked parameters; output [2, batch]."""
-    head = networks.CriticHead if kind == "reference" else ClassicCriticHead
-    return networks.ensemble(head, 2, hidden_dim)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -150,9 +181,9 @@ def temperature_objective(log_temperature, log_prob, target_entropy):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Train state
+# The learner: state, init, act, update
 # ----------------------------------------------------------------------------------------------------------------------
-class TrainState(struct.PyTreeNode):
+class SACState(struct.PyTreeNode):
     actor: dict
     q: dict
     q_target: dict
@@ -160,51 +191,71 @@ class TrainState(struct.PyTreeNode):
     actor_opt: optax.OptState
     q_opt: optax.OptState
     temperature_opt: optax.OptState
-    buffer: replay.ReplayBuffer
-    env: EnvState
-    key: jax.Array
-    env_steps: jax.Array  # int32, all envs together
-    updates: jax.Array    # int32, gradient updates done
+    updates: jax.Array  # int32, gradient updates done
 
 
-def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.Trainer:
-    obs_size, action_size = env.obs_size, env.action_size
-    args = with_defaults(args, action_size)
-    actor_net = Actor(args.actor_hidden_dim, action_size)
-    q_net = twin_critic(args.critic_hidden_dim, args.critic)
-    optimiser = optax.adam(args.learning_rate)
+class SAC(NamedTuple):
+    """SAC for fixed observation and action sizes; every function is pure and jittable.
+
+    config: the hyperparameters with the defaults that depend on the action size filled in
+    init(key) -> SACState
+    act(state, obs [B, obs_size], key, deterministic=False) -> actions [B, action_size] in [-1, 1]; `deterministic`
+        takes tanh of the Gaussian's mean instead of a sample (it may be a traced bool)
+    update(state, batch, key) -> (state, metrics): critics, actor, temperature, then Polyak targets, on a batch, a
+        dict of arrays obs [B, obs_size], action [B, action_size] (in [-1, 1]), reward [B], next_obs [B, obs_size]
+        and mask [B] (0 where the episode truly terminated, 1 otherwise: time limits still bootstrap)
+    """
+
+    config: SACConfig
+    init: Callable
+    act: Callable
+    update: Callable
+    policy_metric_names: tuple[str, ...] = ()  # SAC moves its actor on every update
+
+
+def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
+    config.validate()
+    config = dataclasses.replace(
+        config,
+        critic_hidden_dim=config.critic_hidden_dim or CRITIC_WIDTHS[config.critic],
+        target_entropy=-float(action_size) if config.target_entropy is None else config.target_entropy,
+    )
+    actor_net = Actor(config.actor_hidden_dim, action_size)
+    q_net = twin_critic(config.critic_hidden_dim, config.critic)
+    optimiser = optax.adam(config.learning_rate)
 
     def sample_action(actor_params, obs, key):
         return sample_squashed(key, *actor_net.apply(actor_params, obs))
 
-    def init(key) -> TrainState:
-        key, actor_key, q_key, env_key = jax.random.split(key, 4)
+    def init(key) -> SACState:
+        actor_key, q_key = jax.random.split(key)
         obs, act = jnp.zeros((1, obs_size)), jnp.zeros((1, action_size))
         actor = actor_net.init(actor_key, obs)
         q = q_net.init(q_key, obs, act)
-        log_temperature = jnp.log(jnp.float32(args.init_temperature))
-        return TrainState(
+        log_temperature = jnp.log(jnp.float32(config.init_temperature))
+        return SACState(
             actor=actor, q=q, q_target=q, log_temperature=log_temperature,
             actor_opt=optimiser.init(actor), q_opt=optimiser.init(q), temperature_opt=optimiser.init(log_temperature),
-            buffer=replay.init(args.buffer_size, training.empty_transition(env)), env=env.reset(env_key), key=key,
-            env_steps=jnp.int32(0), updates=jnp.int32(0),
+            updates=jnp.int32(0),
         )
+
+    def act(state: SACState, obs, key, deterministic=False):
+        mean, log_std = actor_net.apply(state.actor, obs)
+        return jnp.where(deterministic, jnp.tanh(mean), sample_squashed(key, mean, log_std)[0])
 
     def adam_step(params, opt_state, grads):
         updates, opt_state = optimiser.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    def update(state: TrainState, key):
-        """One SAC update on a fresh uniform batch: critics, then actor, then temperature, then Polyak targets."""
-        batch_key, next_action_key, action_key = jax.random.split(key, 3)
-        batch = replay.sample(state.buffer, batch_key, args.batch_size, recent_window=1, recent_fraction=0.0)
+    def update(state: SACState, batch: dict, key):
+        next_action_key, action_key = jax.random.split(key)
         obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
         temperature = jnp.exp(state.log_temperature)
 
         # Critics: regress both heads on the soft target from the target twin.
         next_action, next_log_prob = sample_action(state.actor, next_obs, next_action_key)
         next_q_min = q_net.apply(state.q_target, next_obs, next_action).min(0)
-        target = soft_target(batch["reward"], args.gamma * batch["mask"], next_q_min, next_log_prob, temperature)
+        target = soft_target(batch["reward"], config.gamma * batch["mask"], next_q_min, next_log_prob, temperature)
 
         def q_loss_fn(params):
             q = q_net.apply(params, obs, action)
@@ -223,11 +274,11 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
 
         # Temperature: from the log-probabilities of the actions the actor step just saw.
         temperature_loss, grads = jax.value_and_grad(temperature_objective)(
-            state.log_temperature, log_prob, args.target_entropy)
+            state.log_temperature, log_prob, config.target_entropy)
         log_temperature, temperature_opt = adam_step(state.log_temperature, state.temperature_opt, grads)
 
-        state = state.replace(
-            actor=actor_params, q=q_params, q_target=optax.incremental_update(q_params, state.q_target, args.tau),
+        state = SACState(
+            actor=actor_params, q=q_params, q_target=optax.incremental_update(q_params, state.q_target, config.tau),
             log_temperature=log_temperature, actor_opt=actor_opt, q_opt=q_opt, temperature_opt=temperature_opt,
             updates=state.updates + 1,
         )
@@ -235,29 +286,16 @@ def make_trainer(args: Args, env: BatchedEnv, eval_env: BatchedEnv) -> training.
                        temperature=temperature, temperature_loss=temperature_loss)
         return state, metrics
 
-    chunk, env_steps_per_chunk = training.make_chunk(
-        args, env, act=lambda state, obs, key: sample_action(state.actor, obs, key)[0], update=update,
-        learned=lambda state: (state.actor, state.q, state.log_temperature))
-
-    def eval_action(actor_params, obs, key, deterministic):
-        mean, log_std = actor_net.apply(actor_params, obs)
-        return jnp.where(deterministic, jnp.tanh(mean), sample_squashed(key, mean, log_std)[0])
-
-    evaluate = training.make_evaluate(eval_env, eval_action, policy_params=lambda state: state.actor)
-
-    return training.Trainer(init=jax.jit(init), chunk=chunk, evaluate=evaluate, update=update,
-                            env_steps_per_chunk=env_steps_per_chunk)
+    return SAC(config=config, init=init, act=act, update=update)
 
 
-def train(args: Args) -> None:
-    env = BatchedEnv(args.env, args.num_envs, physics=args.physics, episode_length=args.episode_length)
-    eval_env = BatchedEnv(args.env, args.eval_episodes, physics=args.physics, episode_length=args.episode_length)
-    args = with_defaults(args, env.action_size)
-    training.train(args, make_trainer(args, env, eval_env), "sac", env)
-
-
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line: `python sac_jax.py --env humanoid-walk`, `--help` for every flag
+# ----------------------------------------------------------------------------------------------------------------------
 def main() -> None:
-    train(parse_args(Args, validate_args))
+    from common import training  # the harness, imported here so that the algorithm above needs nothing of ours
+
+    training.main("sac", SACConfig, make_sac)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ time to save and restore it. Appends one row to --out with the device and the ex
 """
 
 import dataclasses
-import importlib
 import resource
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import jax
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import algorithms  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
 from common import checkpoint  # noqa: E402
 from common.envs import BatchedEnv  # noqa: E402
@@ -36,10 +36,9 @@ class Args:
 
 def main() -> None:
     args = tyro.cli(Args)
-    module = importlib.import_module(f"{args.algo}_jax")
-    run_args = dataclasses.replace(module.Args(), env=args.env)  # the script's defaults
+    run_args = dataclasses.replace(algorithms.script_args(args.algo)(), env=args.env)  # the script's defaults
     env = BatchedEnv(run_args.env, run_args.num_envs)
-    trainer = module.make_trainer(run_args, env, BatchedEnv(run_args.env, run_args.eval_episodes))
+    trainer = algorithms.make_trainer(args.algo, run_args, env, BatchedEnv(run_args.env, run_args.eval_episodes))
     state = trainer.init(jax.random.key(0))
     for _ in range(args.chunks):
         state, _ = jax.block_until_ready(trainer.chunk(state))

@@ -17,7 +17,6 @@ more envs come almost free (the updates dominate); above it, env-steps/s grows e
 
 import csv
 import dataclasses
-import importlib
 import math
 import sys
 import time
@@ -29,6 +28,7 @@ import tyro
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import algorithms  # noqa: E402
 from benchmarks.flops import CPU_PEAK_GFLOPS, matmul_flops  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
 from benchmarks.timing import best_seconds  # noqa: E402
@@ -65,21 +65,21 @@ class Args:
     """Measure nothing: draw --plot from the rows already in --out that match --algo, --env, U, width and batch."""
 
 
-def algorithm_args(module, args: Args, num_envs: int, iterations: int):
+def algorithm_args(args: Args, num_envs: int, iterations: int):
+    script_args = algorithms.script_args(args.algo)
     sizes = {name: args.hidden_dim for name in ("hidden_dim", "actor_hidden_dim", "critic_hidden_dim")
-             if name in {f.name for f in dataclasses.fields(module.Args)}}
+             if name in {f.name for f in dataclasses.fields(script_args)}}
     return dataclasses.replace(
-        module.Args(), env=args.env, num_envs=num_envs, updates_per_iteration=args.updates_per_iteration,
+        script_args(), env=args.env, num_envs=num_envs, updates_per_iteration=args.updates_per_iteration,
         batch_size=args.batch_size, start_steps=args.batch_size, log_interval=iterations * num_envs,
         total_steps=10 * iterations * num_envs, eval_episodes=1, **sizes)
 
 
 def measure(args: Args, num_envs: int) -> dict:
-    module = importlib.import_module(f"{args.algo}_jax")
     iterations = max(1, -(-max(args.timed_steps, args.batch_size) // num_envs))
-    run_args = algorithm_args(module, args, num_envs, iterations)
+    run_args = algorithm_args(args, num_envs, iterations)
     env = BatchedEnv(args.env, num_envs)
-    trainer = module.make_trainer(run_args, env, BatchedEnv(args.env, 1))
+    trainer = algorithms.make_trainer(args.algo, run_args, env, BatchedEnv(args.env, 1))
     state = trainer.init(jax.random.key(0))
     start = time.perf_counter()
     state, _ = jax.block_until_ready(trainer.chunk(state))  # compiles, and fills the buffer past one batch

@@ -1,11 +1,15 @@
-"""Command line shared by every algorithm: the run flags, their checks, and `--env list`.
+"""Command line shared by every algorithm: the run flags, how they join an algorithm's config, their checks, and
+`--env list`.
 
-Every check here runs before anything compiles; a bad value exits with code 2 and one line naming the flag.
+A script's flags are its algorithm's config fields (hyperparameters, defined in the algorithm file) plus the run
+flags below (`script_args`). Every check runs before anything compiles; a bad value exits with code 2 and one line
+naming the flag.
 """
 
 import dataclasses
+import functools
 import sys
-from typing import Callable, Literal, TypeVar
+from typing import Literal
 
 import tyro
 
@@ -35,10 +39,6 @@ class RunArgs:
     """Replay capacity in transitions."""
     start_steps: int = 5_000
     """Env steps of uniform random actions before learning starts."""
-    learning_rate: float = 3e-4
-    """Adam step size for every network."""
-    gamma: float = 0.99
-    """Discount."""
     physics: Literal["jax", "warp"] = "jax"
     """MJX physics backend (`jax` is ~5x faster than warp on CPU)."""
     episode_length: int | None = None
@@ -76,12 +76,6 @@ def require_positive(args, *names: str) -> None:
             raise ValueError(f"{flag(name)} must be a positive integer (≥ 1), got {getattr(args, name)}")
 
 
-def require_range(args, name: str, low: float, high: float, low_open: bool = False) -> None:
-    value = getattr(args, name)
-    if not (low < value if low_open else low <= value) or value > high:
-        raise ValueError(f"{flag(name)} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
-
-
 def validate_run_args(args: RunArgs) -> None:
     """The checks every algorithm shares (env name, counts, and the E / U / batch / buffer consistency)."""
     resolve_env_name(args.env)
@@ -92,8 +86,6 @@ def validate_run_args(args: RunArgs) -> None:
         require_positive(args, "episode_length")
     if not 0 <= args.start_steps < args.total_steps:
         raise ValueError(f"--start-steps must be in [0, --total-steps={args.total_steps}), got {args.start_steps}")
-    require_range(args, "gamma", 0.0, 1.0)
-    require_range(args, "learning_rate", 0.0, float("inf"), low_open=True)
     if args.num_envs > args.buffer_size:
         raise ValueError(f"--num-envs must be ≤ --buffer-size={args.buffer_size} (one step of all envs must fit in "
                          f"the buffer), got {args.num_envs}")
@@ -103,14 +95,22 @@ def validate_run_args(args: RunArgs) -> None:
     if args.batch_size > stored:
         raise ValueError(f"--batch-size must be ≤ {stored}, the transitions stored at the first update "
                          f"(--start-steps={args.start_steps}, --num-envs={args.num_envs}), got {args.batch_size}")
+    recent_window = getattr(args, "recent_window", None)  # FlowRL's recent share of each batch (common.training)
+    if recent_window is not None and recent_window > args.buffer_size:
+        raise ValueError(f"--recent-window must be ≤ --buffer-size={args.buffer_size}, got {recent_window}")
     if args.wandb:
         require_wandb()
 
 
-Args = TypeVar("Args", bound=RunArgs)
+@functools.cache
+def script_args(config_class: type) -> type:
+    """The flags of an algorithm's script: its config's fields (hyperparameters) followed by the run flags. The
+    class is the config's subclass, so the algorithm's `make` takes it as its config."""
+    return dataclasses.dataclass(type(f"{config_class.__name__}Args", (config_class, RunArgs),
+                                      {"__doc__": config_class.__doc__}))
 
 
-def parse_args(args_class: type[Args], validate_algorithm: Callable[[Args], None]) -> Args:
+def parse_args(args_class: type) -> RunArgs:
     """Parse flags; print the env list and exit for `--env list`; exit 2 with one line on any bad value.
 
     With `--resume RUN`, the run's saved flags are the defaults, and a flag given now that would change the meaning
@@ -132,7 +132,7 @@ def parse_args(args_class: type[Args], validate_algorithm: Callable[[Args], None
             print(format_env_list())
             sys.exit(0)
         validate_run_args(args)
-        validate_algorithm(args)
+        args.validate()
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

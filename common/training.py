@@ -1,9 +1,13 @@
-"""The hot path and the host loop that every algorithm shares.
+"""The harness around an algorithm: the compiled chunk, seeds, and the host loop.
+
+An algorithm (flowrl_jax.py, sac_jax.py) is a config dataclass and `make(config, obs_size, action_size)`, which gives
+pure `init(key)`, `act(state, obs, key, deterministic)` and `update(state, batch, key)`; its state carries an `updates`
+counter. The harness owns everything else: the envs, the replay buffer and the batches drawn from it, and the train
+state that holds them with the algorithm's state (`TrainState.learner`).
 
 A chunk is ONE jitted call that scans over iterations of {act → step all E envs → store E transitions → U updates},
 with the train state donated so the replay buffer is updated in place. The host loop runs chunks and does all host
-work (metrics, evaluation, progress, checks) between them. Algorithms supply `act` and `update`; their train state
-is a flax struct with the fields `env`, `buffer`, `key`, `env_steps` and `updates`.
+work (metrics, evaluation, progress, checks) between them.
 
 `--num-seeds S` trains S independent seeds in lockstep in one program: `over_seeds` vmaps the trainer over a leading
 seed axis of the train state, and the host loop logs one row per seed.
@@ -14,24 +18,34 @@ import signal
 import sys
 import time
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from common import buffer as replay
-from common import checkpoint, resume
-from common.envs import BatchedEnv
+from common import checkpoint, cli, resume
+from common.envs import BatchedEnv, EnvState
 from common.evaluation import make_evaluator
 from common.logger import RunLogger, make_run_dir
 
 
+class TrainState(struct.PyTreeNode):
+    learner: Any  # the algorithm's state: parameters, optimiser states, its `updates` counter
+    buffer: replay.ReplayBuffer
+    env: EnvState
+    key: jax.Array
+    env_steps: jax.Array  # int32, all envs together
+
+
 class Trainer(NamedTuple):
+    agent: Any          # the algorithm (make(config, obs_size, action_size)); agent.config is the run's config
     init: Callable      # key -> train state
     chunk: Callable     # state -> (state, metrics): one compiled call; the input state is donated
     evaluate: Callable  # (state, key, deterministic: bool) -> per-episode returns [eval_episodes]
-    update: Callable    # (state, key) -> (state, metrics): one gradient update, as the chunk runs it
+    update: Callable    # (state, key) -> (state, metrics): draw a batch and run one update, as the chunk does
     env_steps_per_chunk: int
 
 
@@ -41,39 +55,56 @@ def to_env_bounds(env: BatchedEnv, action):
     return low + (action + 1.0) * 0.5 * (high - low)
 
 
-def make_evaluate(eval_env: BatchedEnv, act: Callable, policy_params: Callable) -> Callable:
-    """evaluate(state, key, deterministic) -> one episode's return per eval env, compiled once for both modes.
-
-    act(params, obs, key, deterministic) -> action in [-1, 1]; policy_params(state) -> the params `act` needs.
-    """
-    def act_in_bounds(params_and_mode, obs, key):
-        params, deterministic = params_and_mode
-        return to_env_bounds(eval_env, act(params, obs, key, deterministic))
-
-    evaluate_episodes = jax.jit(make_evaluator(eval_env, act_in_bounds))
-    return lambda state, key, deterministic: evaluate_episodes((policy_params(state), jnp.asarray(deterministic, bool)),
-                                                               key)
-
-
 def empty_transition(env: BatchedEnv) -> dict:
-    """One unbatched transition: the replay row layout."""
+    """One unbatched transition: the replay row layout, and the batch layout that `update` takes."""
     obs = jnp.zeros(env.obs_size)
     return dict(obs=obs, action=jnp.zeros(env.action_size), reward=jnp.float32(0), next_obs=obs, mask=jnp.float32(0))
 
 
-def zeros_like_result(function: Callable, *args):
-    """Zeros shaped like function(*args), without running it: what the branch of a `lax.cond` that skips it returns."""
-    return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), jax.eval_shape(function, *args))
+def sample_batch(config, buffer: replay.ReplayBuffer, key, batch_size: int) -> dict:
+    """A batch as the algorithm's reference draws it: FlowRL's config names a recent share (20 % from the newest
+    2 048 transitions); a config without one (SAC) draws uniformly."""
+    return replay.sample(buffer, key, batch_size, recent_window=getattr(config, "recent_window", 1),
+                         recent_fraction=getattr(config, "recent_fraction", 0.0))
 
 
-def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: Callable,
-               policy_metric_names: tuple[str, ...] = ()) -> tuple[Callable, int]:
-    """The compiled chunk, and the env steps it covers.
+def make_trainer(args, make_agent: Callable, env: BatchedEnv, eval_env: BatchedEnv) -> Trainer:
+    """The algorithm built for `env` and joined to the harness. `args` is the script's flags: the algorithm's config
+    fields and the run flags (cli.script_args)."""
+    agent = make_agent(args, env.obs_size, env.action_size)
+    args = agent.config  # with the defaults that depend on the env filled in
 
-    act(state, obs, key) -> action in [-1, 1]; update(state, key) -> (state, metrics), where metrics may carry
-    `policy_updated` (0 or 1) so that the metrics in `policy_metric_names` average over policy updates only;
-    learned(state) -> the parameters whose finiteness is checked.
-    """
+    def init(key) -> TrainState:
+        key, learner_key, env_key = jax.random.split(key, 3)
+        return TrainState(learner=agent.init(learner_key), buffer=replay.init(args.buffer_size, empty_transition(env)),
+                          env=env.reset(env_key), key=key, env_steps=jnp.int32(0))
+
+    def update(state: TrainState, key):
+        batch_key, update_key = jax.random.split(key)
+        batch = sample_batch(args, state.buffer, batch_key, args.batch_size)
+        learner, metrics = agent.update(state.learner, batch, update_key)
+        return state.replace(learner=learner), metrics
+
+    chunk, env_steps_per_chunk = make_chunk(args, env, agent, update)
+
+    def act_in_bounds(learner_and_mode, obs, key):
+        learner, deterministic = learner_and_mode
+        return to_env_bounds(eval_env, agent.act(learner, obs, key, deterministic))
+
+    # Compiled once for both modes: the mode is a traced bool.
+    evaluate_episodes = jax.jit(make_evaluator(eval_env, act_in_bounds))
+
+    def evaluate(state: TrainState, key, deterministic):
+        return evaluate_episodes((state.learner, jnp.asarray(deterministic, bool)), key)
+
+    return Trainer(agent=agent, init=jax.jit(init), chunk=chunk, evaluate=evaluate, update=update,
+                   env_steps_per_chunk=env_steps_per_chunk)
+
+
+def make_chunk(args, env: BatchedEnv, agent, update: Callable) -> tuple[Callable, int]:
+    """The compiled chunk, and the env steps it covers. update(state, key) -> (state, metrics), where metrics may
+    carry `policy_updated` (0 or 1) so that the metrics in agent.policy_metric_names average over policy updates
+    only."""
     num_envs, iterations = env.num_envs, -(-args.log_interval // env.num_envs)
 
     def run_updates(state):
@@ -81,7 +112,8 @@ def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: 
         return jax.lax.scan(update, state.replace(key=key), jax.random.split(update_key, args.updates_per_iteration))
 
     def skip_updates(state):
-        return state, zeros_like_result(lambda state: run_updates(state)[1], state)
+        metric_shapes = jax.eval_shape(lambda state: run_updates(state)[1], state)
+        return state, jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), metric_shapes)
 
     def iteration(state, _):
         key, policy_key, random_key = jax.random.split(state.key, 3)
@@ -89,7 +121,7 @@ def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: 
         action = jnp.where(
             state.env_steps < args.start_steps,
             jax.random.uniform(random_key, (num_envs, env.action_size), minval=-1.0, maxval=1.0),
-            act(state, obs, policy_key),
+            agent.act(state.learner, obs, policy_key),
         )
         env_state, step = env.step(state.env, to_env_bounds(env, action))
         # The mask cuts the bootstrap only on true termination; a time limit still bootstraps from the true s'.
@@ -113,14 +145,15 @@ def make_chunk(args, env: BatchedEnv, act: Callable, update: Callable, learned: 
         policy_weight = update_weight * update_metrics.pop("policy_updated", jnp.ones_like(update_weight))
         metrics = {}
         for name, values in update_metrics.items():
-            weight = policy_weight if name in policy_metric_names else update_weight
+            weight = policy_weight if name in agent.policy_metric_names else update_weight
             metrics[name] = (values * weight).sum() / jnp.maximum(weight.sum(), 1.0)
         metrics["updates"] = stats["learning"].sum() * args.updates_per_iteration
         episodes = stats["episodes"].sum()
         metrics["train_episodes"] = episodes
         metrics["nonfinite_env_resets"] = stats["nonfinite"].sum()
         metrics["train_return"] = jnp.where(episodes > 0, stats["return_sum"].sum() / jnp.maximum(episodes, 1), jnp.nan)
-        metrics["params_finite"] = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(learned(state))]))
+        metrics["params_finite"] = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(state.learner)
+                                                      if jnp.issubdtype(x.dtype, jnp.floating)]))
         return state, metrics
 
     return chunk, iterations * num_envs
@@ -130,7 +163,8 @@ def seed_axes(state):
     """vmap axes of a train state over seeds. The step counters have none: seeds run in lockstep, and an unbatched
     counter keeps the conds on it (learning started, policy delay) real conds under vmap instead of selects that
     compute both branches."""
-    return jax.tree.map(lambda _: 0, state).replace(env_steps=None, updates=None)
+    axes = jax.tree.map(lambda _: 0, state)
+    return axes.replace(env_steps=None, learner=axes.learner.replace(updates=None))
 
 
 def over_seeds(trainer: Trainer, num_seeds: int) -> Trainer:
@@ -189,11 +223,25 @@ def crossed(step: int, previous_step: int, interval: int) -> bool:
     return step // interval > previous_step // interval
 
 
-def train(args, trainer: Trainer, algo: str, env: BatchedEnv) -> None:
+def main(algo: str, config_class: type, make_agent: Callable) -> None:
+    """An algorithm script's command line: parse and check the flags (exit 2 before compiling), then train."""
+    run(cli.parse_args(cli.script_args(config_class)), make_agent, algo)
+
+
+def run(args, make_agent: Callable, algo: str) -> None:
+    """Train `algo` with the script's flags `args` on its env (see `train`)."""
+    env = BatchedEnv(args.env, args.num_envs, physics=args.physics, episode_length=args.episode_length)
+    eval_env = BatchedEnv(args.env, args.eval_episodes, physics=args.physics, episode_length=args.episode_length)
+    train(make_trainer(args, make_agent, env, eval_env), algo, env)
+
+
+def train(trainer: Trainer, algo: str, env: BatchedEnv) -> None:
     """Run chunks until `total_steps`: evaluate every `eval_interval` env steps, checkpoint the whole train state
     every `checkpoint_interval`, and do both at the end. `--resume` continues a run exactly where its checkpoint left
     it; SIGINT/SIGTERM checkpoint after the current chunk and exit with 128 + the signal number. With `--num-seeds S`
-    the seeds `seed … seed+S-1` train together, and every metrics and eval row names its seed."""
+    the seeds `seed … seed+S-1` train together, and every metrics and eval row names its seed. The flags are
+    trainer.agent.config (the script's flags, with the defaults that depend on the env filled in)."""
+    args = trainer.agent.config
     seeds = list(range(args.seed, args.seed + args.num_seeds))
     seed_label = str(args.seed) if args.num_seeds == 1 else f"{seeds[0]}-{seeds[-1]}"
     trainer = over_seeds(trainer, args.num_seeds)

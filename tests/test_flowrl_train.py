@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
+from common import cli, training
 from common.envs import BatchedEnv
 from common.plotting import read_eval_csv
 
 ROOT = Path(__file__).resolve().parents[1]
+Args = cli.script_args(flowrl.FlowRLConfig)  # the script's flags
 # One iteration per chunk (log_interval = num_envs) so that each chunk is exactly one env step + U updates.
-TINY = flowrl.Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
-                   hidden_dim=32, log_interval=4, total_steps=64, eval_interval=32, eval_episodes=2, episode_length=20)
+TINY = Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
+            hidden_dim=32, log_interval=4, total_steps=64, eval_interval=32, eval_episodes=2, episode_length=20)
 # The same run as command-line flags: the smoke subprocess then builds the programs the fixture compiled (and cached).
 TINY_FLAGS = [f"--{name.replace('_', '-')}={getattr(TINY, name)}" for name in (
     "env", "num_envs", "updates_per_iteration", "batch_size", "start_steps", "hidden_dim", "log_interval",
@@ -33,7 +35,7 @@ def run_script(*flags: str) -> subprocess.CompletedProcess:
 def tiny_trainer():
     env = BatchedEnv(TINY.env, TINY.num_envs, episode_length=TINY.episode_length)
     eval_env = BatchedEnv(TINY.env, TINY.eval_episodes, episode_length=TINY.episode_length)
-    return flowrl.make_trainer(TINY, env, eval_env)
+    return training.make_trainer(TINY, flowrl.make_flowrl, env, eval_env)
 
 
 def leaves_equal(a, b) -> bool:
@@ -43,7 +45,7 @@ def leaves_equal(a, b) -> bool:
 def test_chunk_compiles_once_and_updates_follow_the_schedule(tiny_trainer):
     compiles = []
     state = tiny_trainer.init(jax.random.key(0))
-    initial = jax.device_get(state)
+    initial = jax.device_get(state).learner
     # As in the reference, Q_β and both targets start as copies of Q (V_β and the policy have their own keys).
     assert all(leaves_equal(initial.q, other) for other in (initial.q_target, initial.q_beta, initial.q_beta_target))
     history = []
@@ -54,14 +56,15 @@ def test_chunk_compiles_once_and_updates_follow_the_schedule(tiny_trainer):
         before = jax.device_get(state)  # a host copy: the chunk donates (overwrites) its input
         state, metrics = tiny_trainer.chunk(state)
         history.append((before, jax.device_get(state), jax.device_get(metrics)))
+    learners = [(before.learner, after.learner, metrics) for before, after, metrics in history]
     assert compiles == [], f"recompiled after the first chunk: {compiles}"
 
     # Chunks 1–3 (env steps 4, 8, 12 < start_steps 16): random actions, stored, no update.
-    for before, after, _ in history[:3]:
+    for before, after, _ in learners[:3]:
         assert after.updates == 0 and leaves_equal(after.q, initial.q) and leaves_equal(after.policy, initial.policy)
     assert int(history[2][1].buffer.size) == 12
     # Chunk 4: update 1 moves the critics, the policy, and each target becomes (1 − ρ)·target + ρ·online.
-    before, after, metrics = history[3]
+    before, after, metrics = learners[3]
     assert after.updates == 1
     assert not leaves_equal(after.q, before.q) and not leaves_equal(after.v_beta, before.v_beta)
     assert not leaves_equal(after.policy, before.policy)
@@ -72,12 +75,12 @@ def test_chunk_compiles_once_and_updates_follow_the_schedule(tiny_trainer):
             np.testing.assert_allclose(new, (1 - rho) * old + rho * param, rtol=1e-5, atol=1e-7)
     assert metrics["cfm_error"] > 0 and np.isfinite(metrics["policy_loss"])
     # Chunk 5: update 2 moves the critics only; the policy and the targets wait for the policy-delay step.
-    before, after, metrics = history[4]
+    before, after, metrics = learners[4]
     assert after.updates == 2 and not leaves_equal(after.q, before.q)
     assert leaves_equal(after.policy, before.policy) and leaves_equal(after.q_target, before.q_target)
     assert leaves_equal(after.q_beta_target, before.q_beta_target)
     assert metrics["cfm_error"] == 0  # averaged over zero policy updates
-    assert int(after.env_steps) == 20 and int(after.buffer.size) == 20
+    assert int(history[4][1].env_steps) == 20 and int(history[4][1].buffer.size) == 20
 
 
 def test_evaluation_modes_and_deterministic_repeatability(tiny_trainer):
@@ -99,10 +102,10 @@ def test_flowrl_learns_cartpole_balance(tmp_path):
     between evaluations, see DESIGN.md); the threshold 700 sits far above random and well below the worst seed's best
     (985)."""
     args = dataclasses.replace(
-        flowrl.Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=16, batch_size=256,
+        Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=16, batch_size=256,
         start_steps=2_000, hidden_dim=128, total_steps=12_000, eval_interval=2_000, eval_episodes=5,
         log_interval=2_000, run_root=str(tmp_path), seed=1)
-    flowrl.train(args)
+    training.run(args, flowrl.make_flowrl, "flowrl")
     (run_dir,) = tmp_path.iterdir()
     evaluations = read_eval_csv(run_dir / "eval.csv")
     assert max(evaluations["return_mean"]) > 700

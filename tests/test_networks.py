@@ -1,5 +1,5 @@
-"""The reference's layers (common/networks.py): PyTorch's initialisation, LayerNorm ε and exact GELU, checked against
-a NumPy re-implementation of the reference's forward passes."""
+"""The reference's layers, written out in both algorithm files: PyTorch's initialisation, LayerNorm ε and exact GELU,
+checked against a NumPy re-implementation of the reference's forward passes."""
 
 import math
 
@@ -10,7 +10,6 @@ import pytest
 
 import flowrl_jax as flowrl
 import sac_jax as sac
-from common import networks
 
 erf = np.vectorize(math.erf)
 
@@ -61,17 +60,21 @@ def perturbed(params, key):
     return jax.tree.unflatten(tree, leaves)
 
 
-def test_critic_and_velocity_field_match_the_reference_forward_passes():
-    # Inputs of scale 1e-3 give the first LayerNorm a variance of ~1e-6, where flax's ε = 1e-6 moves the outputs by
-    # ~1 (measured); the GELUs see O(1) inputs, where the tanh approximation moves the critic's output by ~6e-4.
-    # The float32 networks match the float64 reference to ~3e-7.
+# Inputs of scale 1e-3 give the first LayerNorm a variance of ~1e-6, where flax's ε = 1e-6 moves the outputs by ~1
+# (measured); the GELUs see O(1) inputs, where the tanh approximation moves the critic's output by ~6e-4. The float32
+# networks match the float64 reference to ~3e-7.
+@pytest.mark.parametrize("module", [flowrl, sac], ids=["flowrl_jax", "sac_jax"])
+def test_each_files_critic_matches_the_reference_forward_pass(module):
     x = 1e-3 * jax.random.normal(jax.random.key(0), (8, 7))
-    critic = networks.CriticHead(hidden_dim=16)
+    critic = module.CriticHead(hidden_dim=16)
     critic_params = perturbed(critic.init(jax.random.key(1), x), jax.random.key(2))
     np.testing.assert_allclose(critic.apply(critic_params, x),
                                reference_critic(jax.device_get(critic_params)["params"], np.asarray(x, np.float64)),
                                rtol=1e-5, atol=1e-5)
 
+
+def test_velocity_field_matches_the_reference_forward_pass():
+    x = 1e-3 * jax.random.normal(jax.random.key(0), (8, 7))
     velocity = flowrl.VelocityField(hidden_dim=16, action_dim=2)
     obs, noise, t = x[:, :4], x[:, 4:6], x[:, 6:]
     velocity_params = perturbed(velocity.init(jax.random.key(3), obs, noise, t), jax.random.key(4))
@@ -83,11 +86,11 @@ def test_critic_and_velocity_field_match_the_reference_forward_passes():
 @pytest.mark.parametrize("num_layers, params", [
     (3, lambda: flowrl.VelocityField(256, 6).init(
         jax.random.key(0), jnp.zeros((1, 20)), jnp.zeros((1, 6)), jnp.zeros((1, 1)))),
-    (5, lambda: networks.ensemble(networks.CriticHead, 2, 256).init(
+    (5, lambda: flowrl.twin_critic(256).init(
         jax.random.key(0), jnp.zeros((1, 20)), jnp.zeros((1, 6)))),
     (5, lambda: sac.twin_critic(256, "reference").init(
         jax.random.key(0), jnp.zeros((1, 20)), jnp.zeros((1, 6)))),
-], ids=["velocity field", "critic ensemble", "SAC reference critic"])
+], ids=["velocity field", "FlowRL twin critic", "SAC reference critic"])
 def test_every_linear_layer_starts_xavier_uniform_with_zero_bias(num_layers, params):
     """torch.nn.init.xavier_uniform_: U(±√(6 / (fan_in + fan_out))), so variance 2 / (fan_in + fan_out). flax's
     default (LeCun normal, variance 1 / fan_in) fails both checks on the first layer (fan_in 27 or 26) and the bound

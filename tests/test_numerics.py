@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
-from common import checkpoint, resume, training
+from common import checkpoint, cli, resume, training
 from common.envs import BatchedEnv
 
-ARGS = flowrl.Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
-                   hidden_dim=32, log_interval=4, total_steps=64, eval_interval=16, eval_episodes=2,
-                   episode_length=20, checkpoint_interval=16)
+Args = cli.script_args(flowrl.FlowRLConfig)
+ARGS = Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
+            hidden_dim=32, log_interval=4, total_steps=64, eval_interval=16, eval_episodes=2,
+            episode_length=20, checkpoint_interval=16)
 
 
 def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):
     args = dataclasses.replace(ARGS, run_root=str(tmp_path))
     env = BatchedEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    trainer = flowrl.make_trainer(args, env, BatchedEnv(args.env, args.eval_episodes, episode_length=20))
+    trainer = training.make_trainer(args, flowrl.make_flowrl, env,
+                                    BatchedEnv(args.env, args.eval_episodes, episode_length=20))
 
     def chunk_that_diverges_at_step_40(state):  # the loss the real chunk computed, poisoned from step 40 on
         state, metrics = trainer.chunk(state)
@@ -27,7 +29,7 @@ def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):
         return state, {**metrics, "critic_loss": jax.numpy.where(diverged, np.nan, metrics["critic_loss"])}
 
     with pytest.raises(SystemExit) as stopped:
-        training.train(args, trainer._replace(chunk=chunk_that_diverges_at_step_40), "flowrl", env)
+        training.train(trainer._replace(chunk=chunk_that_diverges_at_step_40), "flowrl", env)
     message = str(stopped.value.code)
     (run_dir,) = tmp_path.iterdir()
     good = checkpoint.list_checkpoints(run_dir / "checkpoints")
@@ -49,9 +51,9 @@ def test_disk_warning_when_checkpoints_will_not_fit(tmp_path, monkeypatch, capsy
 def test_checkpoint_size_formula_matches_the_state():
     """README formula: replay bytes = buffer_size × (2·obs + action + 2) × 4, plus ~70 MB for the networks at width
     512 (params, targets and Adam moments). Checked on humanoid-walk (obs 67, action 21), 1 M buffer, traced only."""
-    args = dataclasses.replace(flowrl.Args(), env="humanoid-walk")
+    args = dataclasses.replace(Args(), env="humanoid-walk")
     env = BatchedEnv(args.env, args.num_envs)
-    trainer = flowrl.make_trainer(args, env, BatchedEnv(args.env, 1))
+    trainer = training.make_trainer(args, flowrl.make_flowrl, env, BatchedEnv(args.env, 1))
     template = jax.eval_shape(trainer.init, jax.random.key(0))
     replay_bytes = args.buffer_size * (2 * env.obs_size + env.action_size + 2) * 4
     assert env.obs_size == 67 and env.action_size == 21
@@ -69,7 +71,8 @@ class DivergingEnv(BatchedEnv):
 def test_diverged_env_transitions_are_counted_and_kept_out_of_the_replay():
     args = dataclasses.replace(ARGS, log_interval=40)  # one chunk of 10 iterations, no update before step 16
     env = DivergingEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    trainer = flowrl.make_trainer(args, env, BatchedEnv(args.env, args.eval_episodes, episode_length=20))
+    trainer = training.make_trainer(args, flowrl.make_flowrl, env,
+                                    BatchedEnv(args.env, args.eval_episodes, episode_length=20))
     state, metrics = trainer.chunk(trainer.init(jax.random.key(0)))
     # Env 0 restarts after each divergence, so it diverges at steps 3 and 6 and 9 of the chunk: 3 resets.
     assert int(metrics["nonfinite_env_resets"]) == 3

@@ -12,19 +12,24 @@ import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
-from common import checkpoint
+from common import checkpoint, cli, training
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"env_steps_per_s", "updates_per_s"}  # wall-clock columns: the only ones allowed to differ
 # Updates start at step 16 and a checkpoint every 32 steps: the resumed half starts mid-learning, from a real buffer.
-ARGS = flowrl.Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
-                   hidden_dim=32, log_interval=4, total_steps=64, eval_interval=16, eval_episodes=2,
-                   episode_length=20, checkpoint_interval=32, keep_checkpoints=5)
+ARGS = cli.script_args(flowrl.FlowRLConfig)(
+    env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16, hidden_dim=32,
+    log_interval=4, total_steps=64, eval_interval=16, eval_episodes=2, episode_length=20, checkpoint_interval=32,
+    keep_checkpoints=5)
+
+
+def train(args) -> None:
+    training.run(args, flowrl.make_flowrl, "flowrl")
 
 
 def run(tmp_path, name, **changes) -> Path:
     root = tmp_path / name
-    flowrl.train(dataclasses.replace(ARGS, run_root=str(root), **changes))
+    train(dataclasses.replace(ARGS, run_root=str(root), **changes))
     (run_dir,) = root.iterdir()
     return run_dir
 
@@ -47,7 +52,7 @@ def full_run(tmp_path_factory):
 def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, full_run):
     half = run(tmp_path, "half", total_steps=32)
     assert [p.name for p in checkpoint.list_checkpoints(half / "checkpoints")] == ["checkpoint_000000000032.msgpack"]
-    flowrl.train(dataclasses.replace(ARGS, run_root=str(tmp_path / "unused"), resume=str(half)))
+    train(dataclasses.replace(ARGS, run_root=str(tmp_path / "unused"), resume=str(half)))
     assert not (tmp_path / "unused").exists()  # the resumed run continues in its own directory
     assert table(half / "metrics.csv") == table(full_run / "metrics.csv")
     assert table(half / "eval.csv") == table(full_run / "eval.csv")
@@ -84,5 +89,5 @@ def test_a_corrupt_newest_checkpoint_is_refused_and_the_previous_one_can_be_name
     assert "refusing to resume from a corrupt checkpoint" in refused.stderr and newest.name in refused.stderr
     assert f"--resume {older}" in refused.stderr
     # Naming the good checkpoint explicitly continues from it.
-    flowrl.train(dataclasses.replace(ARGS, total_steps=72, resume=str(older)))
+    train(dataclasses.replace(ARGS, total_steps=72, resume=str(older)))
     assert [int(row["step"]) for row in table(run_dir / "metrics.csv")] == list(range(4, 76, 4))

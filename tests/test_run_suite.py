@@ -90,15 +90,15 @@ def test_suite_definitions_are_valid_training_flags():
     """Every suite's flags parse and pass the training scripts' checks (a typo would only show mid-suite)."""
     import flowrl_jax
     import sac_jax
-    from common.cli import validate_run_args
+    from common.cli import script_args, validate_run_args
     from tyro import cli
 
+    configs = {"flowrl": flowrl_jax.FlowRLConfig, "sac": sac_jax.SACConfig}
     for name in run_suite.SUITES:
         for job in run_suite.plan(Args(suite=name)):
-            module = flowrl_jax if job.algo == "flowrl" else sac_jax
             flags = ["--env", job.task, "--num-seeds", str(job.num_seeds), "--total-steps", str(job.total_steps),
                      *job.flags]
-            parsed = cli(module.Args, args=flags)
+            parsed = cli(script_args(configs[job.algo]), args=flags)
             validate_run_args(parsed)
-            module.validate_args(parsed)
+            parsed.validate()
             assert dataclasses.asdict(parsed)["num_seeds"] == job.num_seeds

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 
 import sac_jax as sac
+from common import cli, training
 from common.envs import BatchedEnv
 from common.plotting import read_eval_csv
 
 REPO = Path(__file__).resolve().parents[1]
+Args = cli.script_args(sac.SACConfig)  # the script's flags
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -117,9 +119,9 @@ def test_twin_critic_heads_are_independent(critic):
 # ----------------------------------------------------------------------------------------------------------------------
 # One env step per chunk (log_interval = num_envs), two updates per step. The smoke run below passes the same values
 # on the command line, so it builds the same programs and loads them from the persistent compilation cache.
-TINY = sac.Args(env="cartpole-balance", num_envs=4, updates_per_iteration=2, batch_size=16, start_steps=16,
-                actor_hidden_dim=32, critic_hidden_dim=32, log_interval=4, total_steps=64, eval_interval=64,
-                eval_episodes=2, episode_length=20, tau=0.05)
+TINY = Args(env="cartpole-balance", num_envs=4, updates_per_iteration=2, batch_size=16, start_steps=16,
+            actor_hidden_dim=32, critic_hidden_dim=32, log_interval=4, total_steps=64, eval_interval=64,
+            eval_episodes=2, episode_length=20, tau=0.05)
 SMOKE_FLAGS = ["--env", "cartpole-balance", "--num-envs", "4", "--updates-per-iteration", "2", "--batch-size", "16",
                "--start-steps", "16", "--actor-hidden-dim", "32", "--critic-hidden-dim", "32", "--log-interval", "4",
                "--total-steps", "64", "--eval-interval", "64", "--eval-episodes", "2", "--episode-length", "20",
@@ -130,7 +132,7 @@ SMOKE_FLAGS = ["--env", "cartpole-balance", "--num-envs", "4", "--updates-per-it
 def tiny_trainer():
     env = BatchedEnv(TINY.env, TINY.num_envs, episode_length=TINY.episode_length)
     eval_env = BatchedEnv(TINY.env, TINY.eval_episodes, episode_length=TINY.episode_length)
-    return sac.make_trainer(TINY, env, eval_env)
+    return training.make_trainer(TINY, sac.make_sac, env, eval_env)
 
 
 @pytest.fixture(scope="module")
@@ -157,17 +159,19 @@ def leaves_equal(a, b) -> bool:
 def test_chunk_compiles_once_and_learns_only_after_start_steps(tiny_history):
     history, compiles = tiny_history
     assert compiles == [], f"recompiled after the first chunk: {compiles}"
-    initial = history[0][0]
+    initial = history[0][0].learner
     assert leaves_equal(initial.q_target, initial.q)
     np.testing.assert_allclose(np.exp(initial.log_temperature), TINY.init_temperature, rtol=1e-6)
     # Chunks 1–3 (env steps 4, 8, 12 < start_steps 16): random actions, stored, no update.
     for _, after, metrics in history[:3]:
+        after = after.learner
         assert after.updates == 0 and metrics["updates"] == 0
         assert leaves_equal(after.q, initial.q) and leaves_equal(after.actor, initial.actor)
         assert leaves_equal(after.q_target, initial.q_target) and after.log_temperature == initial.log_temperature
     assert int(history[2][1].buffer.size) == 12
     # Chunks 4–6: U updates each move the critics, their targets, the actor and the temperature.
     for before, after, metrics in history[3:]:
+        before, after = before.learner, after.learner
         assert after.updates == before.updates + TINY.updates_per_iteration
         assert metrics["updates"] == TINY.updates_per_iteration
         for name in ("q", "q_target", "actor", "log_temperature"):
@@ -179,6 +183,7 @@ def test_chunk_compiles_once_and_learns_only_after_start_steps(tiny_history):
 def test_one_update_moves_the_targets_by_polyak_and_alpha_by_the_entropy_gap(tiny_trainer, tiny_history):
     state = tiny_history[0][-1][1]  # after six chunks: 24 transitions stored, 6 updates done
     after, metrics = jax.device_get(jax.jit(tiny_trainer.update)(state, jax.random.key(7)))
+    state, after = state.learner, after.learner
     assert after.updates == state.updates + 1
     for new, old, online in zip(jax.tree.leaves(after.q_target), jax.tree.leaves(state.q_target),
                                 jax.tree.leaves(after.q)):
@@ -195,7 +200,7 @@ def test_one_update_moves_the_targets_by_polyak_and_alpha_by_the_entropy_gap(tin
 def test_logged_update_metrics_are_means_over_the_chunks_updates(tiny_history):
     # Two updates at learning rate 3e-4 move log α by < 1e-3: the mean α of a chunk is α at its start within 0.1 %.
     for before, _, metrics in tiny_history[0][3:]:
-        np.testing.assert_allclose(metrics["temperature"], np.exp(before.log_temperature), rtol=1e-3)
+        np.testing.assert_allclose(metrics["temperature"], np.exp(before.learner.log_temperature), rtol=1e-3)
 
 
 def test_evaluation_modes_and_deterministic_repeatability(tiny_trainer):
@@ -281,10 +286,10 @@ def test_sac_learns_cartpole_balance(tmp_path):
     The threshold, 500, sits ~140 above the random policy (≈ 5 standard errors of a 5-episode mean) and ~200
     below the weakest calibration seed."""
     args = dataclasses.replace(
-        sac.Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=16, batch_size=256, start_steps=2_000,
+        Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=16, batch_size=256, start_steps=2_000,
         actor_hidden_dim=128, critic_hidden_dim=128, total_steps=12_000, eval_interval=2_000, eval_episodes=5,
         log_interval=2_000, run_root=str(tmp_path), seed=1)
-    sac.train(args)
+    training.run(args, sac.make_sac, "sac")
     (run_dir,) = tmp_path.iterdir()
     evaluations = read_eval_csv(run_dir / "eval.csv")
     assert max(evaluations["return_mean"]) > 500, evaluations["return_mean"]

@@ -16,15 +16,17 @@ from tests.test_sac import TINY as SAC_TINY
 NUM_SEEDS, FIRST_SEED, CHECKED = 3, 1, 1  # seed 2 is compared with a single run of seed 2
 
 
-def trainers(module, args):
+def trainers(make_agent, args):
     env = BatchedEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    trainer = module.make_trainer(args, env, BatchedEnv(args.env, args.eval_episodes, episode_length=args.episode_length))
+    trainer = training.make_trainer(args, make_agent, env,
+                                    BatchedEnv(args.env, args.eval_episodes, episode_length=args.episode_length))
     return training.over_seeds(trainer, NUM_SEEDS), training.over_seeds(trainer, 1)
 
 
-@pytest.mark.parametrize("module, args", [(flowrl, TINY), (sac, SAC_TINY)], ids=["flowrl", "sac"])
-def test_seed_k_of_a_vmapped_run_equals_the_single_run_with_that_seed(module, args):
-    vmapped, single = trainers(module, args)
+@pytest.mark.parametrize("make_agent, args", [(flowrl.make_flowrl, TINY), (sac.make_sac, SAC_TINY)],
+                         ids=["flowrl", "sac"])
+def test_seed_k_of_a_vmapped_run_equals_the_single_run_with_that_seed(make_agent, args):
+    vmapped, single = trainers(make_agent, args)
     init_keys, eval_keys = training.seed_keys(FIRST_SEED, NUM_SEEDS)
     single_init_keys, single_eval_keys = training.seed_keys(FIRST_SEED + CHECKED, 1)
     many, one = vmapped.init(init_keys), single.init(single_init_keys)
@@ -33,11 +35,10 @@ def test_seed_k_of_a_vmapped_run_equals_the_single_run_with_that_seed(module, ar
         one, one_metrics = single.chunk(one)
     many, one = jax.device_get((many, one))
     updates = 3 * args.updates_per_iteration
-    assert int(one.updates) == updates and int(many.updates) == updates  # the counters are shared, not per seed
+    assert int(one.learner.updates) == updates and int(many.learner.updates) == updates  # shared, not per seed
 
     leaves_many, leaves_one = jax.tree.leaves(many), jax.tree.leaves(one)
-    for name in ("env_steps", "updates"):
-        assert np.shape(getattr(many, name)) == ()
+    assert np.shape(many.env_steps) == () and np.shape(many.learner.updates) == ()
     batched = [(m, o) for m, o in zip(leaves_many, leaves_one) if np.shape(m) != np.shape(o)]
     assert len(batched) == len(leaves_one) - 2 and all(m.shape == (NUM_SEEDS, *np.shape(o)) for m, o in batched)
     for m, o in batched:
@@ -45,7 +46,7 @@ def test_seed_k_of_a_vmapped_run_equals_the_single_run_with_that_seed(module, ar
             m, o = jax.random.key_data(m), jax.random.key_data(o)
         np.testing.assert_allclose(m[CHECKED], o, rtol=1e-4, atol=1e-5)
     # The seeds really differ (a vmap that broadcast one seed would pass the comparison above).
-    q_leaf = jax.tree.leaves(many.q)[0]
+    q_leaf = jax.tree.leaves(many.learner.q)[0]
     assert not np.allclose(q_leaf[0], q_leaf[1])
 
     for name, value in one_metrics.items():
