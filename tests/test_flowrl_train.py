@@ -95,20 +95,26 @@ def test_evaluation_modes_and_deterministic_repeatability(tiny_trainer):
 
 
 def test_flowrl_learns_cartpole_balance(tmp_path):
-    """Calibration (2-core CPU, this exact config): a uniform random policy scores 370 ± 52 on cartpole-balance
-    (50 episodes, max 460). FlowRL's evaluations at 2 k, 4 k, …, 12 k env steps, seeds 1–3 (re-run after the
-    networks took the reference's PyTorch layers, common/networks.py): seed 1: 188 520 874 548 984 987; seed 2:
-    217 488 508 910 998 847; seed 3: 419 455 398 985 907 959. The best evaluation is judged (returns oscillate
-    between evaluations, see DESIGN.md); the threshold 700 sits far above random and well below the worst seed's best
-    (985)."""
+    """Judges the final performance: the mean of the last three evaluations (12 k, 14 k and 16 k env steps; 15
+    episodes), never the best one.
+
+    Calibration (2-core CPU, this config, 2026-11-30): a uniform random policy scores 370 ± 52 per episode on
+    cartpole-balance (50 episodes), so a 15-episode mean of it sits at 370 ± 13. FlowRL, seeds 1–5 in one program
+    (`python flowrl_jax.py --env cartpole-balance --num-envs 16 --updates-per-iteration 16 --batch-size 256
+    --hidden-dim 128 --start-steps 2000 --total-steps 16000 --eval-interval 2000 --log-interval 2000
+    --num-seeds 5`; evaluations in benchmarks/results/key_layout_cpu/eval_after.csv): the mean of the last three
+    evaluations was 887 / 795 / 784 / 812 / 851; the single run of seed 1 that this test makes gave 854
+    (895, 936, 731). Returns dip between evaluations, hence three of them. The threshold, 600, sits 230 above random
+    (~17 standard errors of its 15-episode mean) and 184 below the weakest seed, as exact numbers differ between CPU
+    hosts."""
     args = dataclasses.replace(
         Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=16, batch_size=256,
-        start_steps=2_000, hidden_dim=128, total_steps=12_000, eval_interval=2_000, eval_episodes=5,
+        start_steps=2_000, hidden_dim=128, total_steps=16_000, eval_interval=2_000, eval_episodes=5,
         log_interval=2_000, run_root=str(tmp_path), seed=1)
     training.run(args, flowrl.make_flowrl, "flowrl")
     (run_dir,) = tmp_path.iterdir()
-    evaluations = read_eval_csv(run_dir / "eval.csv")
-    assert max(evaluations["return_mean"]) > 700
+    final_returns = read_eval_csv(run_dir / "eval.csv")["return_mean"][-3:]
+    assert len(final_returns) == 3 and np.mean(final_returns) > 600, final_returns
 
 
 def test_script_runs_end_to_end_and_writes_its_run_directory(tmp_path, tiny_trainer):

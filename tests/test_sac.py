@@ -267,29 +267,32 @@ def test_bad_input_exits_2_with_its_message_before_compiling(flags, message):
 # Learning
 # ----------------------------------------------------------------------------------------------------------------------
 def test_sac_learns_cartpole_balance(tmp_path):
-    """Calibration (2-core CPU; this config, default SAC flags otherwise):
+    """Judges the final performance: the mean of the last three evaluations (12 k, 14 k and 16 k env steps; 15
+    episodes), never the best one.
+
+    Calibration (2-core CPU; this config, default SAC flags otherwise; 2026-11-30):
 
     - Uniform random actions (1 000-step episodes, 20 per seed): mean return 368 / 364 / 354 for seeds 1 / 2 / 3
-      (episode std ~60, single episodes 235–521), so a 5-episode evaluation of a random policy sits at 360 ± 30.
-    - SAC, stochastic evaluations (mean of 5 episodes) every 2 k env steps, from
-      `python sac_jax.py --env cartpole-balance --num-envs 16 --updates-per-iteration 16 --batch-size 256
-      --start-steps 2000 --actor-hidden-dim 128 --critic-hidden-dim 128 --total-steps 16000 --eval-interval 2000
-      --eval-episodes 5 --log-interval 2000 --eval-mode both --seed S` (seed 1's first 12 k steps are this test):
-        seed 1: 316, 325, 395, 343, 654, 907 | 754, 579
-        seed 2: 229, 307, 395, 372, 423, 800 | 957, 761
-        seed 3: 181, 412, 423, 359, 467, 703 | 769, 884
-      so the best within 12 k is 907 / 800 / 703 (deterministic evaluations, tanh of the mean: 991 / 973 / 701).
-      Measured after the reference critic took the reference's PyTorch layers (common/networks.py); before, the
-      best within 12 k was 752 / 668 / 614. Returns oscillate as FlowRL's do, so the test judges the best
-      evaluation, not the last. 117–132 s per 16 k run.
+      (episode std ~60), so a 15-episode mean of a random policy sits at 360 ± 16.
+    - SAC, seeds 1–5 in one program: `python sac_jax.py --env cartpole-balance --num-envs 16
+      --updates-per-iteration 16 --batch-size 256 --start-steps 2000 --actor-hidden-dim 128 --critic-hidden-dim 128
+      --total-steps 16000 --eval-interval 2000 --log-interval 2000 --num-seeds 5 --eval-mode both`. Stochastic
+      evaluations every 2 k steps:
+        seed 1: 306 303 456 376 508 699 581 446
+        seed 2: 267 308 328 339 411 639 967 948
+        seed 3: 269 350 434 293 462 549 736 879
+        seed 4: 188 355 372 298 446 477 621 806
+        seed 5: 253 356 366 362 297 846 795 751
+      so the mean of the last three is 575 / 851 / 721 / 635 / 797; the single run of seed 1 that this test makes
+      gave 853 (647, 968, 942).
 
-    The threshold, 500, sits ~140 above the random policy (≈ 5 standard errors of a 5-episode mean) and ~200
-    below the weakest calibration seed."""
+    The threshold, 480, sits 120 above the random policy (~8 standard errors of its 15-episode mean) and 95 below
+    the weakest seed, as exact numbers differ between CPU hosts."""
     args = dataclasses.replace(
         Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=16, batch_size=256, start_steps=2_000,
-        actor_hidden_dim=128, critic_hidden_dim=128, total_steps=12_000, eval_interval=2_000, eval_episodes=5,
+        actor_hidden_dim=128, critic_hidden_dim=128, total_steps=16_000, eval_interval=2_000, eval_episodes=5,
         log_interval=2_000, run_root=str(tmp_path), seed=1)
     training.run(args, sac.make_sac, "sac")
     (run_dir,) = tmp_path.iterdir()
-    evaluations = read_eval_csv(run_dir / "eval.csv")
-    assert max(evaluations["return_mean"]) > 500, evaluations["return_mean"]
+    final_returns = read_eval_csv(run_dir / "eval.csv")["return_mean"][-3:]
+    assert len(final_returns) == 3 and np.mean(final_returns) > 480, final_returns

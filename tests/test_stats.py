@@ -216,3 +216,12 @@ def test_no_results_exits_2(tmp_path, capsys):
         plot.main(["--results-dir", str(tmp_path / "empty")])
     assert exit_info.value.code == 2
     assert "no <task>/<algo>.csv" in capsys.readouterr().err
+
+
+def test_learning_table_largest_drop_counts_only_after_the_curve_nears_its_best():
+    from benchmarks.learning_table import largest_drop
+
+    # Best 1000: 90 % of it is first reached at 950; the dip before it (500 -> 200) does not count, the one after
+    # (980 -> 400) does.
+    assert largest_drop([500.0, 200.0, 950.0, 980.0, 400.0, 1000.0]) == pytest.approx(580.0)
+    assert largest_drop([100.0, 400.0, 990.0, 1000.0]) == 0.0  # a climb that never falls back

@@ -1,0 +1,62 @@
+"""Per-seed learning summary of one or more eval.csv files: the evaluations, the final return, the mean of the last
+three evaluations, and the largest drop after the curve first reaches 90 % of its best (how far a seed falls back
+once it has learned). Judges final performance, never the best evaluation.
+
+    python benchmarks/learning_table.py benchmarks/results/learning_cpu/flowrl_cartpole_balance_rho0.95.csv
+"""
+
+import csv
+import dataclasses
+import statistics
+
+import tyro
+
+
+@dataclasses.dataclass
+class Args:
+    paths: tyro.conf.Positional[tuple[str, ...]]
+    """eval.csv files (one run each, any number of seeds)."""
+    mode: str = "stochastic"
+    """Evaluation mode to summarise (`stochastic` or `deterministic`)."""
+
+
+def largest_drop(returns: list[float]) -> float:
+    """The largest fall from a running peak, counted from the first evaluation at ≥ 90 % of the best one."""
+    best, peak, drop, started = max(returns), float("-inf"), 0.0, False
+    for value in returns:
+        started = started or value >= 0.9 * best
+        if started:
+            peak = max(peak, value)
+            drop = max(drop, peak - value)
+    return drop
+
+
+def curves(path: str, mode: str) -> dict[int, list[float]]:
+    """seed -> its evaluations in step order."""
+    by_seed: dict[int, list[tuple[int, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["mode"] == mode:
+                by_seed.setdefault(int(row["seed"]), []).append((int(row["step"]), float(row["return_mean"])))
+    return {seed: [value for _, value in sorted(points)] for seed, points in sorted(by_seed.items())}
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    for path in args.paths:
+        runs = curves(path, args.mode)
+        print(f"{path} ({args.mode})")
+        for seed, returns in runs.items():
+            print(f"  seed {seed}: {' '.join(f'{value:4.0f}' for value in returns)} | final {returns[-1]:.0f}, "
+                  f"last 3 {statistics.mean(returns[-3:]):.0f}, largest drop {largest_drop(returns):.0f}")
+        finals = [returns[-1] for returns in runs.values()]
+        last_three = [statistics.mean(returns[-3:]) for returns in runs.values()]
+        drops = [largest_drop(returns) for returns in runs.values()]
+        print(f"  final: mean {statistics.mean(finals):.0f}, median {statistics.median(finals):.0f}, range "
+              f"{min(finals):.0f}–{max(finals):.0f} | last 3: mean {statistics.mean(last_three):.0f}, range "
+              f"{min(last_three):.0f}–{max(last_three):.0f} | largest drop: mean {statistics.mean(drops):.0f}, "
+              f"max {max(drops):.0f}")
+
+
+if __name__ == "__main__":
+    main()
