@@ -198,9 +198,10 @@ class FlowRL(NamedTuple):
     init(key) -> FlowRLState
     act(state, obs [B, obs_size], key, deterministic=False) -> actions [B, action_size] in [-1, 1]; `deterministic`
         integrates from x_0 = 0 instead of fresh noise (it may be a traced bool)
-    update(state, batch, key) -> (state, metrics): one update (FLOWRL.md steps 1–5) on a batch, a dict of arrays
-        obs [B, obs_size], action [B, action_size] (in [-1, 1]), reward [B], next_obs [B, obs_size] and mask [B]
-        (0 where the episode truly terminated, 1 otherwise: time limits still bootstrap)
+    update(state, batch, key) -> (state, metrics): one update of Q, Q_β and V_β, and on one update in
+        `policy_delay` of the policy and the targets, on a batch, a dict of arrays obs [B, obs_size], action
+        [B, action_size] (in [-1, 1]), reward [B], next_obs [B, obs_size] and mask [B] (0 where the episode truly
+        terminated, 1 otherwise: time limits still bootstrap)
     """
 
     config: FlowRLConfig
