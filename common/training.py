@@ -1,9 +1,10 @@
 """The harness around an algorithm: the compiled chunk, seeds, and the host loop.
 
 An algorithm (flowrl_jax.py, sac_jax.py) is a config dataclass and `make(config, obs_size, action_size)`, which gives
-pure `init(key)`, `act(state, obs, key, deterministic)` and `update(state, batch, key)`; its state carries an `updates`
-counter. The harness owns everything else: the envs, the replay buffer and the batches drawn from it, and the train
-state that holds them with the algorithm's state (`TrainState.learner`).
+pure `init(key)`, `act(state, obs, key, deterministic)` and `update(state, batch, key)`, its resolved `config` and the
+`policy_metric_names` that only a policy update computes; its state carries an `updates` counter. The harness owns
+everything else: the envs, the replay buffer and the batches drawn from it, and the train state that holds them with
+the algorithm's state (`TrainState.learner`).
 
 A chunk is ONE jitted call that scans over iterations of {act → step all E envs → store E transitions → U updates},
 with the train state donated so the replay buffer is updated in place. The host loop runs chunks and does all host
