@@ -5,11 +5,16 @@ once it has learned). Judges final performance, never the best evaluation.
     python benchmarks/learning_table.py benchmarks/results/learning_cpu/flowrl_cartpole_balance_rho0.95.csv
 """
 
-import csv
 import dataclasses
 import statistics
+import sys
+from pathlib import Path
 
+import numpy as np
 import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.plotting import read_eval_csv  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -33,12 +38,14 @@ def largest_drop(returns: list[float]) -> float:
 
 def curves(path: str, mode: str) -> dict[int, list[float]]:
     """seed -> its evaluations in step order."""
-    by_seed: dict[int, list[tuple[int, float]]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["mode"] == mode:
-                by_seed.setdefault(int(row["seed"]), []).append((int(row["step"]), float(row["return_mean"])))
-    return {seed: [value for _, value in sorted(points)] for seed, points in sorted(by_seed.items())}
+    data = read_eval_csv(path)
+    curves_by_seed = {}
+    for seed in np.unique(data["seed"]):
+        rows = (data["seed"] == seed) & (data["mode"] == mode)
+        if rows.any():
+            order = np.argsort(data["step"][rows])
+            curves_by_seed[int(seed)] = data["return_mean"][rows][order].tolist()
+    return curves_by_seed
 
 
 def main() -> None:
@@ -46,6 +53,9 @@ def main() -> None:
     for path in args.paths:
         runs = curves(path, args.mode)
         print(f"{path} ({args.mode})")
+        if not runs:
+            print(f"  no {args.mode} evaluations")
+            continue
         for seed, returns in runs.items():
             print(f"  seed {seed}: {' '.join(f'{value:4.0f}' for value in returns)} | final {returns[-1]:.0f}, "
                   f"last 3 {statistics.mean(returns[-3:]):.0f}, largest drop {largest_drop(returns):.0f}")
