@@ -104,8 +104,8 @@ def validate_run_args(args: RunArgs) -> None:
 
 @functools.cache
 def script_args(config_class: type) -> type:
-    """The flags of an algorithm's script: its config's fields (hyperparameters) followed by the run flags. The
-    class is the config's subclass, so the algorithm's `make` takes it as its config."""
+    """The flags of an algorithm's script: the run flags, then its config's fields (hyperparameters), in that order
+    in `--help`. The class is the config's subclass, so the algorithm's `make` takes it as its config."""
     return dataclasses.dataclass(type(f"{config_class.__name__}Args", (config_class, RunArgs),
                                       {"__doc__": config_class.__doc__}))
 
