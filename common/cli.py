@@ -14,14 +14,19 @@ from typing import Literal
 import tyro
 
 from common import resume
-from common.envs import format_env_list, resolve_env_name
+from common.tasks import BACKENDS, format_task_list, resolve_task
 from common.logger import require_wandb
 
 
 @dataclasses.dataclass
 class RunArgs:
     env: str = "humanoid-walk"
-    """DM Control task, dm_control style (`humanoid-walk`, `cartpole-balance`, ...); `list` prints all of them."""
+    """Task: DM Control style (`humanoid-walk`, `dog-run`, ...) or Gymnasium (`Ant-v4`); `list` prints all of them
+    with their backends."""
+    backend: Literal["auto", "playground", "dm_control", "gymnasium"] = "auto"
+    """Where the task comes from: `playground` (MJX ports of DM Control, on the accelerator), `dm_control` (the
+    original suite, stepped on the host) or `gymnasium` (MuJoCo tasks, on the host). `auto`: the first of these that
+    has the task, so Playground wherever it has a port. The chosen backend is saved in config.json."""
     seed: int = 1
     """Random seed: network init, noise, environment resets."""
     num_seeds: int = 1
@@ -40,7 +45,7 @@ class RunArgs:
     start_steps: int = 5_000
     """Env steps of uniform random actions before learning starts."""
     physics: Literal["jax", "warp"] = "jax"
-    """MJX physics backend (`jax` is ~5x faster than warp on CPU)."""
+    """MJX physics implementation for the playground backend (`jax` is ~5x faster than warp on CPU)."""
     episode_length: int | None = None
     """Time limit in env steps (default: the task's own, 1000 for DMC)."""
     eval_interval: int = 10_000
@@ -78,7 +83,7 @@ def require_positive(args, *names: str) -> None:
 
 def validate_run_args(args: RunArgs) -> None:
     """The checks every algorithm shares (env name, counts, and the E / U / batch / buffer consistency)."""
-    resolve_env_name(args.env)
+    resolve_task(args.env, args.backend)
     require_positive(args, "num_seeds", "num_envs", "total_steps", "updates_per_iteration", "batch_size",
                      "buffer_size", "eval_interval", "eval_episodes", "log_interval", "checkpoint_interval",
                      "keep_checkpoints")
@@ -129,10 +134,11 @@ def parse_args(args_class: type) -> RunArgs:
         else:
             args = tyro.cli(args_class)
         if args.env == "list":
-            print(format_env_list())
+            print(format_task_list())
             sys.exit(0)
         validate_run_args(args)
         args.validate()
+        args.backend = resolve_task(args.env, args.backend).backend
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

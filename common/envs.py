@@ -2,7 +2,7 @@
 
 Names are dm_control style, all lower case and hyphenated (`humanoid-walk`, `ball-in-cup-catch`,
 `point-mass-easy`); dm_control's own spellings with underscores (`point_mass-easy`, `finger-turn_easy`) and the
-Playground names (`HumanoidWalk`) are accepted too. `--env list` prints the table (`format_env_list`).
+Playground names (`HumanoidWalk`) are accepted too. common.tasks resolves names across all backends.
 
 Auto-reset keeps the true final observation: `step` returns s' of every transition in `StepOutput.next_obs` and
 only then resets the envs whose episode ended, so `EnvState.obs` is what the policy acts on next. Playground's own
@@ -57,7 +57,7 @@ _LOOKUP = {**{dm: dm for dm in ENV_NAMES}, **{pg.lower(): dm for dm, pg in ENV_N
 
 
 class UnknownEnvError(ValueError):
-    """An --env value that names none of the supported tasks."""
+    """An --env value that names no task of the chosen backend."""
 
 
 def _normalise(name: str) -> str:
@@ -73,12 +73,6 @@ def resolve_env_name(name: str) -> str:
     hint = f"close matches: {', '.join(close)}" if close else "no close matches"
     raise UnknownEnvError(
         f"--env: unknown environment {name!r}; {hint} (`--env list` prints all {len(ENV_NAMES)})")
-
-
-def format_env_list() -> str:
-    """What `--env list` prints: one task per line, dm_control-style name then Playground name."""
-    width = max(map(len, ENV_NAMES)) + 2
-    return "\n".join(f"{dm:<{width}}{pg}" for dm, pg in ENV_NAMES.items())
 
 
 @flax.struct.dataclass
@@ -127,14 +121,32 @@ def _patch_mujoco_for_playground():
         mujoco.MjSpec.find_body = mujoco.MjSpec.body
 
 
+def fold_vmapped_axis(fn):
+    """fn(*args), args all with a leading env axis [N, ...], as a function whose jax.vmap folds the vmapped axis into
+    the env axis ([B, N, ...] -> [B*N, ...]) and calls fn once, instead of batching what fn does inside. An outer
+    vmap applies the rule again, so the folded axes are outermost first."""
+    fn = jax.custom_batching.custom_vmap(fn)
+
+    @fn.def_vmap
+    def fold(axis_size, in_batched, *args):
+        bcast = lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape))  # noqa: E731
+        args = jax.tree.map(bcast, args, tuple(in_batched))
+        merged = jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), args)
+        out = fn(*merged)
+        out = jax.tree.map(lambda x: x.reshape(axis_size, x.shape[0] // axis_size, *x.shape[1:]), out)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return fn
+
+
 def _lazy_reset(reset_physics):
     """reset_done(done [E], physics, rng [E]) -> (physics, rng): fresh resets where done, computed only if any is.
 
     A reset costs an mjx.forward per env, and some tasks simulate more in it (cheetah-run settles for 200 physics
     steps: measured 150x the cost of a step), so it runs under lax.cond(any(done)). DMC episodes all end together by
     time limit, so resets run once per episode_length steps. Under jax.vmap (e.g. over seeds) a batched cond predicate
-    would turn the cond into a select that computes the resets on every step, so the vmap rule folds the vmapped axis
-    into the env axis and keeps one cond over all envs of all seeds.
+    would turn the cond into a select that computes the resets on every step, so fold_vmapped_axis keeps one cond over
+    all envs of all seeds.
     """
 
     def reset_where_done(done, physics, rng):
@@ -143,18 +155,9 @@ def _lazy_reset(reset_physics):
         select = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (old.ndim - 1)), new, old)  # noqa: E731
         return jax.tree.map(select, (fresh, keys[:, 0]), (physics, rng))
 
-    @jax.custom_batching.custom_vmap
+    @fold_vmapped_axis
     def reset_done(done, physics, rng):
         return jax.lax.cond(jnp.any(done), reset_where_done, lambda _, p, r: (p, r), done, physics, rng)
-
-    @reset_done.def_vmap
-    def reset_done_vmapped(axis_size, in_batched, *args):
-        bcast = lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape))  # noqa: E731
-        args = jax.tree.map(bcast, args, tuple(in_batched))
-        merged = jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), args)  # [B,E,..]->[B*E,..]
-        out = reset_done(*merged)  # recursive: an outer vmap applies this rule again
-        out = jax.tree.map(lambda x: x.reshape(axis_size, x.shape[0] // axis_size, *x.shape[1:]), out)
-        return out, jax.tree.map(lambda _: True, out)
 
     return reset_done
 
@@ -171,6 +174,7 @@ class BatchedEnv:
     def __init__(self, name: str, num_envs: int, physics: str = "jax", episode_length: int | None = None):
         self.playground_name = resolve_env_name(name)
         self.name = _PLAYGROUND_TO_DM[self.playground_name]
+        self.backend, self.backend_task = "playground", self.playground_name
         if num_envs < 1:
             raise ValueError(f"--num-envs must be >= 1, got {num_envs}")
         if physics not in PHYSICS_BACKENDS:
@@ -242,3 +246,10 @@ class BatchedEnv:
             rng=rng,
         )
         return new_state, out
+
+    def capture(self, state: EnvState) -> EnvState:
+        """The state as a checkpoint must hold it: already complete, as all of it lives in the pytree."""
+        return state
+
+    def restore(self, state: EnvState) -> None:
+        """Nothing to put back: stepping continues from the pytree alone."""

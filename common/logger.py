@@ -13,10 +13,10 @@ from tqdm import tqdm
 from common.plotting import plot_learning_curve, read_eval_csv
 
 
-def make_run_dir(root: str | Path, env_name: str, algo: str, seed: int | str) -> Path:
-    """Create root/<env>__<algo>__<seed>__<YYYYmmdd-HHMMSS> (seed: one, or `first-last`), with a _N suffix if that
-    name is taken."""
-    base = f"{env_name}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+def make_run_dir(root: str | Path, env_name: str, backend: str, algo: str, seed: int | str) -> Path:
+    """Create root/<env>__<backend>__<algo>__<seed>__<YYYYmmdd-HHMMSS> (seed: one, or `first-last`), with a _N suffix
+    if that name is taken."""
+    base = f"{env_name}__{backend}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, n = Path(root) / base, 0
     while True:
         try:

@@ -28,15 +28,16 @@ from flax import struct
 
 from common import buffer as replay
 from common import checkpoint, cli, resume
-from common.envs import BatchedEnv, EnvState
+from common.envs import BatchedEnv
 from common.evaluation import make_evaluator
 from common.logger import RunLogger, make_run_dir
+from common.tasks import make_env
 
 
 class TrainState(struct.PyTreeNode):
     learner: Any  # the algorithm's state: parameters, optimiser states, its `updates` counter
     buffer: replay.ReplayBuffer
-    env: EnvState
+    env: Any  # the envs' state: common.envs.EnvState, or common.host_envs.HostEnvState for a host backend
     key: jax.Array
     env_steps: jax.Array  # int32, all envs together
 
@@ -231,8 +232,8 @@ def main(algo: str, config_class: type, make_agent: Callable) -> None:
 
 def run(args, make_agent: Callable, algo: str) -> None:
     """Train `algo` with the script's flags `args` on its env (see `train`)."""
-    env = BatchedEnv(args.env, args.num_envs, physics=args.physics, episode_length=args.episode_length)
-    eval_env = BatchedEnv(args.env, args.eval_episodes, physics=args.physics, episode_length=args.episode_length)
+    env, eval_env = (make_env(args.env, args.backend, num_envs, physics=args.physics,
+                              episode_length=args.episode_length) for num_envs in (args.num_envs, args.eval_episodes))
     train(make_trainer(args, make_agent, env, eval_env), algo, env)
 
 
@@ -255,16 +256,17 @@ def train(trainer: Trainer, algo: str, env: BatchedEnv) -> None:
         except checkpoint.CheckpointError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2)
+        env.restore(state.env)  # host envs take back their saved state; Playground's lives in the pytree
         start_step = metadata["step"]
         print(f"resuming {run_dir} from {checkpoint_path.name} (env step {start_step})", flush=True)
     else:
-        run_dir, checkpoint_path = make_run_dir(args.run_root, args.env, algo, seed_label), None
+        run_dir, checkpoint_path = make_run_dir(args.run_root, env.name, env.backend, algo, seed_label), None
         state, start_step = None, 0
     checkpoint_dir = run_dir / "checkpoints"
     resume.warn_if_disk_is_short(run_dir, checkpoint.checkpoint_bytes(template) * (args.keep_checkpoints + 1))
     num_chunks = -(-args.total_steps // trainer.env_steps_per_chunk)
     total_steps_run = num_chunks * trainer.env_steps_per_chunk
-    config = dict(dataclasses.asdict(args), algo=algo, playground_env=env.playground_name,
+    config = dict(dataclasses.asdict(args), algo=algo, backend=env.backend, backend_task=env.backend_task,
                   env_steps_per_chunk=trainer.env_steps_per_chunk, total_steps_run=total_steps_run,
                   device=str(jax.devices()[0]), jax_version=jax.__version__)
     # Rows logged after the checkpoint (the chunks an interrupted run lost) are replaced, not duplicated.
@@ -276,7 +278,8 @@ def train(trainer: Trainer, algo: str, env: BatchedEnv) -> None:
 
     def save(step):
         checkpoint_dir.mkdir(exist_ok=True)
-        path = checkpoint.save(checkpoint_dir, step, state, dict(step=step, algo=algo, config=config),
+        path = checkpoint.save(checkpoint_dir, step, state.replace(env=env.capture(state.env)),
+                               dict(step=step, algo=algo, config=config),
                                args.keep_checkpoints)
         last_checkpoint[0] = path
 

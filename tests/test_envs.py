@@ -1,4 +1,4 @@
-"""Env layer: name table, backend choice, auto-reset that keeps the true final observation, evaluation.
+"""Playground env layer: physics implementation choice, auto-reset that keeps the true final observation, evaluation.
 
 Compiling MJX programs is the cost here (~15-30 s each on CPU), so all checks share three compiled programs of one tiny
 config (cartpole-balance, 3 envs, 5-step episodes): a rollout vmapped over 2 seeds, the raw Playground env stepped
@@ -6,9 +6,6 @@ without our wrapper (the ground truth), and the evaluator.
 """
 
 import functools
-import pathlib
-import subprocess
-import sys
 
 import flax.struct
 import jax
@@ -17,7 +14,7 @@ from jax.extend import core as jax_core
 import numpy as np
 import pytest
 
-from common.envs import ENV_NAMES, BatchedEnv, StepOutput, UnknownEnvError, format_env_list, resolve_env_name
+from common.envs import BatchedEnv, StepOutput
 from common.evaluation import make_evaluator
 
 NAME, E, L = "cartpole-balance", 3, 5
@@ -79,50 +76,6 @@ def raw(env, rollout):
         return jax.lax.scan(body, physics, actions)[1]
 
     return jax.device_get(fast_jit(jax.vmap(run))(state0.physics, actions[:, :L]))
-
-
-# ----------------------------------------------------------------------------------------------- names (no MJX)
-
-def test_env_names_cover_all_playground_dmc_tasks_once():
-    from mujoco_playground import dm_control_suite
-
-    assert len(ENV_NAMES) == 25
-    assert sorted(ENV_NAMES.values()) == sorted(dm_control_suite.ALL_ENVS)  # also catches a duplicate value
-    assert all(n == n.lower() and "_" not in n and n.count("-") >= 1 for n in ENV_NAMES)
-
-
-def test_resolve_env_name_round_trip_and_aliases():
-    for dm, pg in ENV_NAMES.items():
-        assert resolve_env_name(dm) == pg
-        assert resolve_env_name(pg) == pg
-    # dm_control's own spellings
-    assert resolve_env_name("point_mass-easy") == "PointMass"
-    assert resolve_env_name("ball_in_cup-catch") == "BallInCup"
-    assert resolve_env_name("finger-turn_hard") == "FingerTurnHard"
-    assert resolve_env_name("cartpole-swingup_sparse") == "CartpoleSwingupSparse"
-
-
-def test_unknown_env_name_lists_close_matches():
-    with pytest.raises(UnknownEnvError) as err:
-        resolve_env_name("humanoid-wlk")
-    msg = str(err.value)
-    assert "\n" not in msg and msg.startswith("--env: unknown environment 'humanoid-wlk'")
-    assert "close matches: humanoid-walk, " in msg and "humanoid-run" in msg and "`--env list`" in msg
-    assert "close matches: humanoid-walk" in str(pytest.raises(UnknownEnvError, resolve_env_name, "HumanoidWlk").value)
-    assert "no close matches" in str(pytest.raises(ValueError, resolve_env_name, "zzz").value)
-
-
-def test_format_env_list_lists_every_task():
-    lines = format_env_list().splitlines()
-    assert len(lines) == 25
-    assert [line.split() for line in lines] == [[dm, pg] for dm, pg in ENV_NAMES.items()]
-
-
-def test_name_checks_do_not_import_mjx():
-    # `--env list` and a typo must fail fast, before the seconds-long import of every MJX task module
-    code = ("import sys; from common.envs import format_env_list, resolve_env_name; format_env_list();"
-            "resolve_env_name('humanoid-walk'); assert 'mujoco_playground' not in sys.modules, 'imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[1])
 
 
 # ------------------------------------------------------------------------------------------- construction

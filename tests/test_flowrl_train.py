@@ -156,5 +156,7 @@ def test_bad_input_exits_2_with_one_line_before_compiling(tmp_path, flags, messa
 def test_env_list_prints_every_task():
     result = run_script("--env", "list")
     assert result.returncode == 0
-    assert "humanoid-walk" in result.stdout and "CartpoleBalance" in result.stdout
-    assert len(result.stdout.strip().splitlines()) == 25
+    rows = [line.split() for line in result.stdout.strip().splitlines()]
+    assert ["humanoid-walk", "playground", "HumanoidWalk"] in rows and ["dog-run", "dm_control", "dog-run"] in rows
+    assert ["Ant-v4", "gymnasium", "Ant-v4", "obs", "27,", "action", "8"] in rows
+    assert len(rows) == 25 + 51 + 21  # Playground, dm_control's suite.ALL_TASKS, Gymnasium's MuJoCo v4 and v5 but Pusher-v4

@@ -37,18 +37,18 @@ def run(tmp_path):
 def test_run_dir_name_and_uniqueness(tmp_path, monkeypatch):
     # a frozen clock forces the same-second collision that the suffix exists for
     monkeypatch.setattr(logger_mod.time, "strftime", lambda fmt: "20250102-030405")
-    dirs = [make_run_dir(tmp_path / "runs", "CheetahRun", "flowrl", 7) for _ in range(3)]
+    dirs = [make_run_dir(tmp_path / "runs", "cheetah-run", "dm_control", "flowrl", 7) for _ in range(3)]
     assert [d.name for d in dirs] == [
-        "CheetahRun__flowrl__7__20250102-030405",
-        "CheetahRun__flowrl__7__20250102-030405_1",
-        "CheetahRun__flowrl__7__20250102-030405_2",
+        "cheetah-run__dm_control__flowrl__7__20250102-030405",
+        "cheetah-run__dm_control__flowrl__7__20250102-030405_1",
+        "cheetah-run__dm_control__flowrl__7__20250102-030405_2",
     ]
     assert all(d.is_dir() and d.parent == tmp_path / "runs" for d in dirs)
 
 
 def test_run_dir_uses_current_time(tmp_path):
-    name = make_run_dir(str(tmp_path), "HopperHop", "sac", 0).name
-    assert re.fullmatch(r"HopperHop__sac__0__\d{8}-\d{6}", name)
+    name = make_run_dir(str(tmp_path), "Hopper-v4", "gymnasium", "sac", 0).name
+    assert re.fullmatch(r"Hopper-v4__gymnasium__sac__0__\d{8}-\d{6}", name)
 
 
 def test_config_json_round_trip(tmp_path):

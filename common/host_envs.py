@@ -1,0 +1,308 @@
+"""Tasks stepped on the host (dm_control, Gymnasium MuJoCo) as one batch of E envs with jittable reset/step.
+
+`HostBatchedEnv` has the interface of common.envs.BatchedEnv, so the harness and the algorithms cannot tell the
+backends apart: reset(key) and step(state, action) are pure-looking JAX functions whose work happens in one
+`jax.experimental.io_callback` per call, inside the compiled chunk. The env objects live on the host in a pool,
+indexed by position. Under jax.vmap over seeds the seed axis folds into the env axis (common.envs.fold_vmapped_axis),
+so one callback steps the envs of every seed: seed k's envs are positions k·E … k·E+E−1, seeded from seed k's key.
+
+Semantics, the same as the Playground backend's:
+- `step` returns the true s' of every transition in `StepOutput.next_obs`, then resets the envs whose episode ended
+  (on the host, with each env's own random state), so `HostEnvState.obs` is what the policy acts on next.
+- Termination is the task's own (Gymnasium's Ant, Hopper, Walker2d and Humanoid when they fall; dm_control when a task
+  returns discount 0). The time limit, `episode_length`, is kept here and reported as `truncated`: Gymnasium's
+  `max_episode_steps`, dm_control's time limit / control timestep (1000 for every suite task).
+- dm_control's observation dict is flattened in the suite's key order (dm_control's own `flat_observation`).
+- A physics error or a NaN/Inf observation or reward resets that env and sets `nonfinite`.
+
+The pool is a cache of the train state. Each callback returns a sync token, the pool's call count, and the next
+callback refuses a state whose token is not the pool's last one, so a stale state can never silently step envs that
+have moved on. `capture(state)` writes every env's full host state into `HostEnvState.snapshot` (uint8 bytes), which
+the checkpoint then holds; `restore(state)` puts it back into the pool, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from jax.experimental import io_callback
+
+from common.envs import StepOutput, fold_vmapped_axis
+
+# MjData arrays that the tasks' observation and reward code may read before the next physics step recomputes them:
+# after a step they describe the last substep's state (Gymnasium) or its accelerations (dm_control), which cannot
+# be recomputed from qpos and qvel. mjSTATE_INTEGRATION holds the rest (qpos, qvel, act, warm start, time, ctrl, ...).
+_DERIVED_FIELDS = (
+    "xpos", "xquat", "xmat", "xipos", "ximat", "geom_xpos", "geom_xmat", "site_xpos", "site_xmat", "subtree_com",
+    "subtree_linvel", "subtree_angmom", "cinert", "cvel", "cacc", "cfrc_int", "cfrc_ext", "qacc", "qfrc_actuator",
+    "actuator_force", "actuator_length", "actuator_velocity", "sensordata", "ten_length", "ten_velocity", "qfrc_bias",
+    "qfrc_passive", "qfrc_constraint", "energy")
+# MjModel arrays that dm_control tasks change at each reset (targets, randomised damping, terrain), found by resetting
+# every task of suite.ALL_TASKS and comparing its model with the freshly loaded one.
+_DM_CONTROL_MODEL_FIELDS = (
+    "body_pos", "body_quat", "dof_damping", "geom_pos", "geom_size", "geom_rgba", "site_pos", "site_size",
+    "site_rgba", "light_pos", "wrap_prm", "hfield_data")
+_INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
+
+
+def _physics_arrays(model, data) -> list[np.ndarray]:
+    state = np.empty(mujoco.mj_stateSize(model, _INTEGRATION))
+    mujoco.mj_getState(model, data, state, _INTEGRATION)
+    return [state] + [getattr(data, name) for name in _DERIVED_FIELDS]
+
+
+def _set_physics_arrays(model, data, arrays, recompute_positions: bool) -> None:
+    mujoco.mj_setState(model, data, arrays[0], _INTEGRATION)
+    if recompute_positions:  # dm_control steps as mj_step2 then mj_step1: the next step expects stage 1 done
+        mujoco.mj_step1(model, data)
+    for name, value in zip(_DERIVED_FIELDS, arrays[1:]):
+        np.copyto(getattr(data, name), value)
+
+
+class _DMControlTask:
+    """One dm_control suite env, with its time limit lifted (the pool keeps the limit) and its observation flat."""
+
+    def __init__(self, source: str):
+        from dm_control import suite
+
+        domain, task = source.split("-")
+        self.env = suite.load(domain, task, task_kwargs={"time_limit": float("inf")},
+                              environment_kwargs={"flat_observation": True})
+        time_limit = inspect.signature(getattr(suite, domain).SUITE[task]).parameters["time_limit"].default
+        steps = time_limit / self.env.control_timestep()
+        self.default_episode_length = round(steps) if math.isfinite(steps) else None
+        spec = self.env.action_spec()
+        self.action_low, self.action_high = spec.minimum.astype(np.float32), spec.maximum.astype(np.float32)
+        self.obs_size = int(self.env.observation_spec()["observations"].shape[0])
+        self.model, self.data = self.env.physics.model.ptr, self.env.physics.data.ptr
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        if seed is not None:
+            self.env.task.random.seed(seed)
+        return self.env.reset().observation["observations"]
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        """(s', reward, terminated, diverged)."""
+        from dm_control.rl.control import PhysicsError
+
+        try:
+            timestep = self.env.step(action)
+        except PhysicsError:  # dm_control's check for a diverged simulation (bad accelerations)
+            return np.zeros(self.obs_size), 0.0, False, True
+        terminated = timestep.last() and timestep.discount == 0
+        return timestep.observation["observations"], timestep.reward, terminated, False
+
+    def state_arrays(self) -> list[np.ndarray]:
+        _, keys, position, has_gauss, gauss = self.env.task.random.get_state()
+        model_arrays = [getattr(self.model, name) for name in _DM_CONTROL_MODEL_FIELDS]
+        return [*_physics_arrays(self.model, self.data), *model_arrays, keys,
+                np.array([position, has_gauss]), np.array([gauss])]
+
+    def set_state_arrays(self, arrays: list[np.ndarray]) -> None:
+        physics = len(_DERIVED_FIELDS) + 1
+        for name, value in zip(_DM_CONTROL_MODEL_FIELDS, arrays[physics:]):
+            np.copyto(getattr(self.model, name), value)
+        _set_physics_arrays(self.model, self.data, arrays[:physics], recompute_positions=True)
+        keys, (position, has_gauss), (gauss,) = arrays[-3:]
+        self.env.task.random.set_state(("MT19937", keys, int(position), int(has_gauss), float(gauss)))
+
+
+class _GymnasiumTask:
+    """One Gymnasium MuJoCo env without its wrappers (the pool keeps the time limit)."""
+
+    def __init__(self, source: str):
+        import warnings
+
+        import gymnasium
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # v4's notice: v4 is what the published tables ran
+            wrapped = gymnasium.make(source)
+        self.env = wrapped.unwrapped
+        self.default_episode_length = wrapped.spec.max_episode_steps
+        space = self.env.action_space
+        self.action_low, self.action_high = space.low.astype(np.float32), space.high.astype(np.float32)
+        self.obs_size = int(self.env.observation_space.shape[0])
+        self.model, self.data = self.env.model, self.env.data
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        return self.env.reset(seed=seed)[0]
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        obs, reward, terminated, _, _ = self.env.step(action)
+        return obs, reward, terminated, False
+
+    def state_arrays(self) -> list[np.ndarray]:
+        state = self.env.np_random.bit_generator.state  # PCG64: two 128-bit integers and a cached 32-bit draw
+        words = [state["state"]["state"], state["state"]["inc"]]
+        rng = np.array([w >> shift & (2**64 - 1) for w in words for shift in (0, 64)]
+                       + [state["has_uint32"], state["uinteger"]], np.uint64)
+        return [*_physics_arrays(self.model, self.data), rng]
+
+    def set_state_arrays(self, arrays: list[np.ndarray]) -> None:
+        _set_physics_arrays(self.model, self.data, arrays[:-1], recompute_positions=False)
+        s0, s1, i0, i1, has_uint32, uinteger = (int(word) for word in arrays[-1])
+        generator = self.env.np_random.bit_generator
+        generator.state = {"bit_generator": generator.state["bit_generator"],
+                           "state": {"state": s0 | s1 << 64, "inc": i0 | i1 << 64},
+                           "has_uint32": has_uint32, "uinteger": uinteger}
+
+
+def _make_task(task):
+    return _DMControlTask(task.source) if task.backend == "dm_control" else _GymnasiumTask(task.source)
+
+
+class _Pool:
+    """The host envs of one HostBatchedEnv (every seed's), created on first use; see the module docstring."""
+
+    def __init__(self, task, first, episode_length: int):
+        self.task, self.envs, self.episode_length = task, [first], episode_length
+        self.episode_steps = np.zeros(0, np.int64)
+        self.calls = 0
+        self.layout = [(a.shape, a.dtype) for a in map(np.asarray, first.state_arrays())]
+        self.snapshot_bytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.layout)
+
+    def _sync(self) -> np.ndarray:
+        self.calls += 1
+        return np.full(len(self.episode_steps), self.calls, np.int32)
+
+    def _check(self, sync: np.ndarray) -> None:
+        if len(sync) != len(self.episode_steps) or not np.all(sync == self.calls):
+            raise RuntimeError("host envs: this env state is not the one the host envs hold (a stale or copied "
+                               "train state); HostBatchedEnv.restore(state) puts a captured state back first")
+
+    def reset(self, seeds: np.ndarray):
+        while len(self.envs) < len(seeds):
+            self.envs.append(_make_task(self.task))
+        self.episode_steps = np.zeros(len(seeds), np.int64)
+        obs = np.stack([env.reset(int(seed)) for env, seed in zip(self.envs, seeds)]).astype(np.float32)
+        return obs, self._sync()
+
+    def step(self, sync: np.ndarray, actions: np.ndarray):
+        self._check(sync)
+        n = len(actions)
+        next_obs, obs = np.zeros((2, n, self.envs[0].obs_size), np.float32)
+        reward = np.zeros(n, np.float32)
+        terminated, truncated, nonfinite = np.zeros((3, n), bool)
+        self.episode_steps += 1
+        for i, (env, action) in enumerate(zip(self.envs, actions.astype(np.float64))):
+            next_obs[i], reward[i], terminated[i], nonfinite[i] = env.step(action)
+            nonfinite[i] |= not (np.isfinite(next_obs[i]).all() and np.isfinite(reward[i]))
+            terminated[i] &= ~nonfinite[i]
+            truncated[i] = self.episode_steps[i] >= self.episode_length and not (terminated[i] or nonfinite[i])
+            if terminated[i] or truncated[i] or nonfinite[i]:
+                obs[i] = env.reset()
+                self.episode_steps[i] = 0
+            else:
+                obs[i] = next_obs[i]
+        reward[nonfinite] = 0.0
+        return dict(next_obs=next_obs, obs=obs, reward=reward, terminated=terminated, truncated=truncated,
+                    nonfinite=nonfinite, sync=self._sync())
+
+    def snapshot(self, sync: np.ndarray) -> np.ndarray:
+        """[N, snapshot_bytes] uint8: each env's state arrays and its episode step, as raw bytes."""
+        self._check(sync)
+        rows = []
+        for env, episode_step in zip(self.envs, self.episode_steps):
+            arrays = [*env.state_arrays(), np.array([episode_step], np.int64)]
+            rows.append(np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]))
+        return np.stack(rows)
+
+    def restore(self, snapshot: np.ndarray, sync: np.ndarray) -> None:
+        while len(self.envs) < len(snapshot):
+            self.envs.append(_make_task(self.task))
+        for env in self.envs[:len(snapshot)]:
+            env.reset(0)  # an env object starts an episode before it steps; the snapshot then replaces that state
+        self.episode_steps = np.zeros(len(snapshot), np.int64)
+        layout = [*self.layout, ((1,), np.dtype(np.int64))]
+        for i, row in enumerate(snapshot):
+            arrays, offset = [], 0
+            for shape, dtype in layout:
+                size = math.prod(shape) * dtype.itemsize
+                arrays.append(row[offset:offset + size].view(dtype).reshape(shape))
+                offset += size
+            self.envs[i].set_state_arrays(arrays[:-1])
+            self.episode_steps[i] = arrays[-1][0]
+        self.calls = int(sync[0])
+
+
+@flax.struct.dataclass
+class HostEnvState:
+    """The JAX side of E host envs: a pytree that can be vmapped over seeds, checkpointed and donated."""
+
+    obs: jax.Array             # [E, obs_size] float32: what the policy acts on now (the reset one after an episode end)
+    episode_return: jax.Array  # [E] float32: undiscounted return of the current episode so far
+    sync: jax.Array            # [E] int32: the pool's call count when it produced this state
+    snapshot: jax.Array        # [E, snapshot_bytes] uint8: full host state, written by capture() (zeros until then)
+
+
+class HostBatchedEnv:
+    """E copies of one dm_control or Gymnasium task stepped on the host, with the interface of
+    common.envs.BatchedEnv. Actions are not clipped: pass them within [action_low, action_high]."""
+
+    def __init__(self, task, num_envs: int, episode_length: int | None = None):
+        if num_envs < 1:
+            raise ValueError(f"--num-envs must be >= 1, got {num_envs}")
+        if episode_length is not None and episode_length < 1:
+            raise ValueError(f"--episode-length must be >= 1, got {episode_length}")
+        self.name, self.backend, self.backend_task = task.name, task.backend, task.source
+        first = _make_task(task)
+        self.episode_length = episode_length or first.default_episode_length
+        if self.episode_length is None:
+            raise ValueError(f"--episode-length: {task.name} has no time limit of its own; give one")
+        self.num_envs = num_envs
+        self.obs_size = first.obs_size
+        self.action_size = len(first.action_low)
+        self.action_low, self.action_high = first.action_low, first.action_high
+        self.pool = _Pool(task, first, self.episode_length)
+        self.snapshot_bytes = self.pool.snapshot_bytes + 8  # + the episode step
+        self._reset_call = self._host_call(self.pool.reset, lambda n: (
+            jax.ShapeDtypeStruct((n, self.obs_size), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.int32)))
+
+        def step_shapes(n):
+            floats = lambda *shape: jax.ShapeDtypeStruct((n, *shape), jnp.float32)  # noqa: E731
+            flags = jax.ShapeDtypeStruct((n,), jnp.bool_)
+            return dict(next_obs=floats(self.obs_size), obs=floats(self.obs_size), reward=floats(), terminated=flags,
+                        truncated=flags, nonfinite=flags, sync=jax.ShapeDtypeStruct((n,), jnp.int32))
+
+        self._step_call = self._host_call(self.pool.step, step_shapes)
+
+    @staticmethod
+    def _host_call(method, result_shapes):
+        """method(*[N, ...] arrays) on the host, as a jittable call whose vmapped axes fold into N."""
+        def on_host(*args):
+            return method(*map(np.asarray, args))  # io_callback passes jax Arrays on the CPU device
+
+        def call(*args):
+            return io_callback(on_host, result_shapes(args[0].shape[0]), *args, ordered=False)
+
+        return fold_vmapped_axis(call)
+
+    def reset(self, key: jax.Array) -> HostEnvState:
+        obs, sync = self._reset_call(jax.random.bits(key, (self.num_envs,), jnp.uint32))
+        return HostEnvState(obs=obs, episode_return=jnp.zeros(self.num_envs, jnp.float32), sync=sync,
+                            snapshot=jnp.zeros((self.num_envs, self.snapshot_bytes), jnp.uint8))
+
+    def step(self, state: HostEnvState, action: jax.Array) -> tuple[HostEnvState, StepOutput]:
+        out = self._step_call(state.sync, action)
+        episode_return = state.episode_return + out["reward"]
+        done = out["terminated"] | out["truncated"] | out["nonfinite"]
+        step = StepOutput(out["next_obs"], out["reward"], out["terminated"], out["truncated"], episode_return,
+                          out["nonfinite"])
+        return state.replace(obs=out["obs"], episode_return=jnp.where(done, 0.0, episode_return),
+                             sync=out["sync"]), step
+
+    def capture(self, state: HostEnvState) -> HostEnvState:
+        """`state` with its snapshot filled from the host envs (state may carry leading seed axes)."""
+        sync = np.asarray(state.sync).reshape(-1)
+        return state.replace(snapshot=jnp.asarray(self.pool.snapshot(sync).reshape(state.snapshot.shape)))
+
+    def restore(self, state: HostEnvState) -> None:
+        """Put a captured state back into the host envs, so that stepping continues from it."""
+        self.pool.restore(np.asarray(state.snapshot).reshape(-1, self.snapshot_bytes), np.asarray(state.sync).reshape(-1))

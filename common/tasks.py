@@ -1,0 +1,110 @@
+"""Task names across the three backends, resolved before anything heavy is imported or compiled.
+
+- `playground`: MuJoCo Playground's MJX ports of DM Control (common.envs), stepped on the accelerator.
+- `dm_control`: the original DM Control suite (CPU MuJoCo), dog included; the tasks of the FlowRL paper.
+- `gymnasium`: Gymnasium's MuJoCo tasks, v4 and v5 (`Ant-v4`, `Humanoid-v5`, ...).
+The last two are stepped on the host, inside the compiled chunk (common.host_envs).
+
+Names are case- and `_`/`-`-insensitive: `humanoid-walk`, `humanoid_CMU-run`, `ant-v4`. DM Control tasks are named
+`domain-task`, all lower case and hyphenated (`ball-in-cup-catch`, `point-mass-easy`). With `--backend auto` a name
+means the first backend that has it, in the order above, so the Playground port stays the default wherever it exists:
+`humanoid-walk` is Playground's, `dog-run` is dm_control's, `Ant-v4` is Gymnasium's.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import NamedTuple
+
+from common.envs import ENV_NAMES, UnknownEnvError
+
+BACKENDS = ("playground", "dm_control", "gymnasium")
+
+
+class Task(NamedTuple):
+    name: str      # the canonical name: `humanoid-walk`, `dog-run`, `Ant-v4`
+    backend: str   # one of BACKENDS
+    source: str    # the backend's own name: Playground's `HumanoidWalk`, dm_control's `dog-run`, Gymnasium's `Ant-v4`
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+@functools.cache
+def _tasks(backend: str) -> dict[str, Task]:
+    """Normalised spelling -> Task, for one backend (imports that backend's task list, not its physics)."""
+    if backend == "playground":
+        tasks = {dm: Task(dm, backend, pg) for dm, pg in ENV_NAMES.items()}
+        # Playground names contain no '_' or '-', so they cannot collide with dm_control-style ones.
+        return {**tasks, **{pg.lower(): tasks[dm] for dm, pg in ENV_NAMES.items()}}
+    if backend == "dm_control":
+        from dm_control import suite
+
+        return {_normalise(f"{d}-{t}"): Task(_normalise(f"{d}-{t}"), backend, f"{d}-{t}") for d, t in suite.ALL_TASKS}
+    import gymnasium
+
+    # v2/v3 need the retired mujoco-py, and Pusher-v4 refuses mujoco >= 3 (Gymnasium issue 950).
+    ids = [i for i, spec in gymnasium.registry.items()
+           if "mujoco" in str(spec.entry_point) and i.endswith(("-v4", "-v5")) and i != "Pusher-v4"]
+    return {_normalise(i): Task(i, backend, i) for i in ids}
+
+
+def resolve_task(name: str, backend: str = "auto") -> Task:
+    """The task `name` on `backend` (`auto`: the first backend that has it); raises UnknownEnvError with the close
+    matches, or with the backends that do have the task."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
+    key = _normalise(name)
+    for candidate in BACKENDS if backend == "auto" else (backend,):
+        if key in _tasks(candidate):
+            return _tasks(candidate)[key]
+    holders = [b for b in BACKENDS if key in _tasks(b)]
+    if holders:
+        raise UnknownEnvError(f"--env: the {backend} backend has no task {name!r}; it is in: {', '.join(holders)} "
+                              f"(--backend)")
+    names = {spelling: task.name for b in BACKENDS for spelling, task in _tasks(b).items()}
+    close = dict.fromkeys(names[m] for m in difflib.get_close_matches(key, names, n=4, cutoff=0.6))
+    hint = f"close matches: {', '.join(close)}" if close else "no close matches"
+    raise UnknownEnvError(f"--env: unknown environment {name!r}; {hint} (`--env list` prints all "
+                          f"{len(all_tasks())})")
+
+
+def all_tasks() -> list[Task]:
+    """Every task of every backend, in backend order (a task in two backends is listed twice)."""
+    return [task for backend in BACKENDS for task in dict.fromkeys(_tasks(backend).values())]
+
+
+def format_task_list() -> str:
+    """What `--env list` prints: name, backend, the backend's own name, and for Gymnasium (cheap to build) the
+    observation and action sizes."""
+    import warnings
+
+    import gymnasium
+
+    rows = []
+    for task in all_tasks():
+        sizes = ""
+        if task.backend == "gymnasium":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # v4's deprecation notice, once per task
+                env = gymnasium.make(task.source)
+            sizes = f"obs {env.observation_space.shape[0]}, action {env.action_space.shape[0]}"
+            env.close()
+        rows.append((task.name, task.backend, task.source, sizes))
+    widths = [max(len(row[i]) for row in rows) + 2 for i in range(3)]
+    return "\n".join(("".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + row[3]).rstrip() for row in rows)
+
+
+def make_env(name: str, backend: str, num_envs: int, physics: str = "jax", episode_length: int | None = None):
+    """The batched env for a task: common.envs.BatchedEnv on Playground, common.host_envs.HostBatchedEnv on a host
+    backend. Both give the same jittable reset/step interface."""
+    task = resolve_task(name, backend)
+    if task.backend == "playground":
+        from common.envs import BatchedEnv
+
+        return BatchedEnv(task.source, num_envs, physics=physics, episode_length=episode_length)
+    from common.host_envs import HostBatchedEnv
+
+    return HostBatchedEnv(task, num_envs, episode_length=episode_length)
