@@ -34,6 +34,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from common.envs import StepOutput, fold_vmapped_axis
+from common.tasks import dm_control_suite
 
 # MjData arrays that the tasks' observation and reward code may read before the next physics step recomputes them:
 # after a step they describe the last substep's state (Gymnasium) or its accelerations (dm_control), which cannot
@@ -69,8 +70,7 @@ class _DMControlTask:
     """One dm_control suite env, with its time limit lifted (the pool keeps the limit) and its observation flat."""
 
     def __init__(self, source: str):
-        from dm_control import suite
-
+        suite = dm_control_suite()
         domain, task = source.split("-")
         self.env = suite.load(domain, task, task_kwargs={"time_limit": float("inf")},
                               environment_kwargs={"flat_observation": True})
@@ -191,7 +191,7 @@ class _Pool:
         reward = np.zeros(n, np.float32)
         terminated, truncated, nonfinite = np.zeros((3, n), bool)
         self.episode_steps += 1
-        for i, (env, action) in enumerate(zip(self.envs, actions.astype(np.float64))):
+        for i, (env, action) in enumerate(zip(self.envs, actions)):  # float32, as a policy gives them
             next_obs[i], reward[i], terminated[i], nonfinite[i] = env.step(action)
             nonfinite[i] |= not (np.isfinite(next_obs[i]).all() and np.isfinite(reward[i]))
             terminated[i] &= ~nonfinite[i]

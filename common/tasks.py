@@ -28,6 +28,17 @@ class Task(NamedTuple):
     source: str    # the backend's own name: Playground's `HumanoidWalk`, dm_control's `dog-run`, Gymnasium's `Ant-v4`
 
 
+def dm_control_suite():
+    """dm_control.suite, imported without the GLFW warning that a headless machine prints on stderr (dm_control then
+    renders with EGL or OSMesa; training never renders)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*DISPLAY")
+        from dm_control import suite
+    return suite
+
+
 def _normalise(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
@@ -40,8 +51,7 @@ def _tasks(backend: str) -> dict[str, Task]:
         # Playground names contain no '_' or '-', so they cannot collide with dm_control-style ones.
         return {**tasks, **{pg.lower(): tasks[dm] for dm, pg in ENV_NAMES.items()}}
     if backend == "dm_control":
-        from dm_control import suite
-
+        suite = dm_control_suite()
         return {_normalise(f"{d}-{t}"): Task(_normalise(f"{d}-{t}"), backend, f"{d}-{t}") for d, t in suite.ALL_TASKS}
     import gymnasium
 

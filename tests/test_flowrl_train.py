@@ -121,7 +121,7 @@ def test_script_runs_end_to_end_and_writes_its_run_directory(tmp_path, tiny_trai
     result = run_script(*TINY_FLAGS, f"--run-root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = tmp_path.iterdir()
-    assert run_dir.name.startswith("cartpole-balance__flowrl__1__")
+    assert run_dir.name.startswith("cartpole-balance__playground__flowrl__1__")
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env"] == "cartpole-balance" and config["policy_loss"] == "reference" and config["num_envs"] == 4
     metrics_header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")

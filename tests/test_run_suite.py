@@ -71,7 +71,7 @@ def test_finished_pairs_are_skipped_and_interrupted_ones_resume(tmp_path, monkey
     # flowrl finished: its results CSV exists. sac was interrupted after a checkpoint.
     run_suite.results_path(args, flowrl_job).parent.mkdir(parents=True)
     run_suite.results_path(args, flowrl_job).write_text("seed,step,eval_return\n")
-    interrupted = run_suite.run_root(args, sac_job) / "cartpole-swingup__sac__1-5__20260101-000000"
+    interrupted = run_suite.run_root(args, sac_job) / "cartpole-swingup__playground__sac__1-5__20260101-000000"
     (interrupted / "checkpoints").mkdir(parents=True)
     assert run_suite.command(args, sac_job)[2:4] == ["--env", "cartpole-swingup"]  # no checkpoint yet: fresh start
     (interrupted / "checkpoints" / "checkpoint_000000002048.msgpack").write_bytes(b"x")

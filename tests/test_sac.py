@@ -226,7 +226,7 @@ def test_smoke_run_writes_every_output(tmp_path):
     result = run_sac(*SMOKE_FLAGS, "--run-root", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = tmp_path.iterdir()
-    assert run_dir.name.startswith("cartpole-balance__sac__1__")
+    assert run_dir.name.startswith("cartpole-balance__playground__sac__1__")
     for name in ("config.json", "metrics.csv", "eval.csv", "learning_curve.png"):
         assert (run_dir / name).stat().st_size > 0, name
     assert any((run_dir / "tb").iterdir())

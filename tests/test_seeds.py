@@ -62,7 +62,7 @@ def test_num_seeds_run_writes_a_seed_column(tmp_path):
     result = run_script(*TINY_FLAGS, f"--num-seeds={NUM_SEEDS}", f"--run-root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = tmp_path.iterdir()
-    assert run_dir.name.startswith(f"{TINY.env}__flowrl__1-3__")
+    assert run_dir.name.startswith(f"{TINY.env}__playground__flowrl__1-3__")
     for name in ("metrics.csv", "eval.csv"):
         with (run_dir / name).open(newline="") as f:
             rows = list(csv.DictReader(f))
