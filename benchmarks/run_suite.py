@@ -2,6 +2,8 @@
 
     python benchmarks/run_suite.py --suite cpu              # ~1 h on a 2-core CPU
     python benchmarks/run_suite.py --suite paper            # the FlowRL paper's DMC tasks, 1 M steps, 5 seeds (GPU)
+    python benchmarks/run_suite.py --suite dmc-paper        # the same on original dm_control, dog included, paper mode
+    python benchmarks/run_suite.py --suite gym              # Gymnasium MuJoCo v4, paper mode
     python benchmarks/run_suite.py --suite mine --tasks cartpole-swingup --algos sac --num-seeds 2 --total-steps 20000
 
 Results: benchmarks/results/<suite>/<task>/<algo>.csv (seed, step, eval_return: the mean stochastic eval return),
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.record import append_row, provenance  # noqa: E402
 from common.cli import require_positive  # noqa: E402
-from common.envs import resolve_env_name  # noqa: E402
+from common.tasks import resolve_task  # noqa: E402
 from common.plotting import read_eval_csv  # noqa: E402
 
 Algo = Literal["flowrl", "sac"]
@@ -40,7 +42,10 @@ class Suite:
     flags: tuple[str, ...] = ()             # passed to every training run
     algo_flags: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     evaluations: int = 10                   # evaluations per run, evenly spaced (the last at the end)
+    backend: str = "auto"                   # --backend of every run (see common/tasks.py)
 
+
+PAPER_MODE = ("--num-envs", "1", "--updates-per-iteration", "1", "--batch-size", "256")
 
 SUITES = {
     # Cheap tasks and small networks, sized so the whole suite runs in about an hour on the 2-core CPU machine
@@ -61,13 +66,28 @@ SUITES = {
                                             "walker-stand", "cheetah-run", "hopper-hop")},
         num_seeds=5,
     ),
+    # The FlowRL paper's own tasks on the original DM Control suite (CPU MuJoCo, stepped on the host), in paper mode:
+    # the reference hyperparameters, one env, one update per env step, batch 256, an evaluation every 10 k steps.
+    # 1 M steps, the lower end of the reference's 1-2 M.
+    "dmc-paper": Suite(
+        tasks={task: 1_000_000 for task in ("dog-run", "dog-trot", "dog-stand", "dog-walk", "humanoid-walk",
+                                            "humanoid-run", "humanoid-stand", "walker-run", "walker-stand",
+                                            "quadruped-walk")},
+        num_seeds=5, flags=PAPER_MODE, evaluations=100, backend="dm_control",
+    ),
+    # The Gymnasium MuJoCo v4 tasks that third-party tables quote FlowRL on, in paper mode, 1 M steps.
+    "gym": Suite(
+        tasks={task: 1_000_000 for task in ("Ant-v4", "HalfCheetah-v4", "Walker2d-v4", "Swimmer-v4", "Hopper-v4",
+                                            "Humanoid-v4")},
+        num_seeds=5, flags=PAPER_MODE, evaluations=100, backend="gymnasium",
+    ),
 }
 
 
 @dataclasses.dataclass
 class Args:
     suite: str = "cpu"
-    """A named suite (cpu, paper), or a new name for a custom suite given by --tasks/--total-steps."""
+    """A named suite (cpu, paper, dmc-paper, gym), or a new name for a custom suite given by --tasks/--total-steps."""
     tasks: tuple[str, ...] = ()
     """Restrict a named suite to these tasks, or list the tasks of a custom suite."""
     algos: tuple[Algo, ...] = ()
@@ -103,7 +123,7 @@ def plan(args: Args) -> list[Job]:
     else:
         suite = Suite(tasks={task: args.total_steps for task in args.tasks})
     for task in args.tasks:
-        resolve_env_name(task)  # an unknown task fails now, with the close matches
+        resolve_task(task, suite.backend)  # an unknown task fails now, with the close matches
     unknown = [task for task in args.tasks if task not in suite.tasks]
     if unknown:
         raise ValueError(f"--tasks: {unknown} not in suite {args.suite!r} ({', '.join(suite.tasks)})")
@@ -116,7 +136,8 @@ def plan(args: Args) -> list[Job]:
         total_steps = args.total_steps or budget
         eval_interval = max(total_steps // suite.evaluations, 1)
         for algo in args.algos or suite.algos:
-            flags = (*suite.flags, *suite.algo_flags.get(algo, ()), "--eval-interval", str(eval_interval))
+            flags = (*suite.flags, *suite.algo_flags.get(algo, ()), "--backend", suite.backend,
+                     "--eval-interval", str(eval_interval))
             jobs.append(Job(task, algo, num_seeds, total_steps, flags))
     return jobs
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 
 import flax.struct
 import jax
@@ -165,6 +166,7 @@ class _Pool:
         self.task, self.envs, self.episode_length = task, [first], episode_length
         self.episode_steps = np.zeros(0, np.int64)
         self.calls = 0
+        self.step_seconds = 0.0  # wall time spent in step(): the host's share of training (benchmarks/host_throughput.py)
         self.layout = [(a.shape, a.dtype) for a in map(np.asarray, first.state_arrays())]
         self.snapshot_bytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.layout)
 
@@ -185,6 +187,7 @@ class _Pool:
         return obs, self._sync()
 
     def step(self, sync: np.ndarray, actions: np.ndarray):
+        start = time.perf_counter()
         self._check(sync)
         n = len(actions)
         next_obs, obs = np.zeros((2, n, self.envs[0].obs_size), np.float32)
@@ -202,6 +205,7 @@ class _Pool:
             else:
                 obs[i] = next_obs[i]
         reward[nonfinite] = 0.0
+        self.step_seconds += time.perf_counter() - start
         return dict(next_obs=next_obs, obs=obs, reward=reward, terminated=terminated, truncated=truncated,
                     nonfinite=nonfinite, sync=self._sync())
 

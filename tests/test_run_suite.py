@@ -30,6 +30,23 @@ def test_restrictions_and_custom_suites():
     assert [(job.task, job.total_steps) for job in jobs] == [("cartpole-swingup", 5000)] * 2
 
 
+@pytest.mark.parametrize("suite, backend, tasks", [
+    ("dmc-paper", "dm_control", {"dog-run", "dog-trot", "dog-stand", "dog-walk", "humanoid-walk", "humanoid-run",
+                                 "humanoid-stand", "walker-run", "walker-stand", "quadruped-walk"}),
+    ("gym", "gymnasium", {"Ant-v4", "HalfCheetah-v4", "Walker2d-v4", "Swimmer-v4", "Hopper-v4", "Humanoid-v4"}),
+])
+def test_published_benchmark_suites_run_their_backend_in_paper_mode(suite, backend, tasks):
+    jobs = run_suite.plan(Args(suite=suite))
+    assert {job.task for job in jobs} == tasks and {job.algo for job in jobs} == {"flowrl", "sac"}
+    for job in jobs:
+        flags = dict(zip(job.flags[::2], job.flags[1::2]))
+        assert flags == {"--num-envs": "1", "--updates-per-iteration": "1", "--batch-size": "256",
+                         "--backend": backend, "--eval-interval": "10000"}
+        assert (job.num_seeds, job.total_steps) == (5, 1_000_000)
+    with pytest.raises(ValueError, match="close matches: dog-run"):
+        run_suite.plan(Args(suite="dmc-paper", tasks=("dog-rn",)))
+
+
 @pytest.mark.parametrize("args, message", [
     (Args(suite="mine"), "not a named suite"),
     (Args(suite="cpu", tasks=("hopper-hop",)), "not in suite 'cpu'"),
