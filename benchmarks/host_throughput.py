@@ -2,7 +2,8 @@
 share of each training step that the host envs take.
 
 For each E in --num-envs:
-- bare: E task objects stepped in a Python loop with uniform random actions (no JAX): env steps/s;
+- bare: E task objects stepped with uniform random actions, without JAX, by one thread and by --host-threads
+  (HostBatchedEnv's pool): env steps/s;
 - training: the algorithm's trainer (benchmarks/throughput.py's config: width, batch, U) runs one chunk to compile and
   fill the buffer, then --repeats timed chunks: env steps/s, updates/s, and the share of the chunks' wall time spent
   inside the host step callback (HostBatchedEnv's pool times it). The rest is acting, storing and the updates.
@@ -47,12 +48,14 @@ class Args:
     repeats: int = 2
     bare_steps: int = 2_000
     """Env steps (all envs together) in the bare-rate loop."""
+    host_threads: int = 0
+    """Threads that step the envs in training and in the second bare rate (0: one per CPU core)."""
     out: str = "benchmarks/results/host_throughput_cpu.csv"
 
 
-def bare_rate(task, num_envs: int, steps: int) -> float:
-    """Env steps/s of num_envs task objects stepped in turn with random actions, resets included."""
-    env = HostBatchedEnv(task, 1)
+def bare_rate(task, num_envs: int, steps: int, threads: int) -> float:
+    """Env steps/s of num_envs task objects stepped with random actions by `threads` threads, resets included."""
+    env = HostBatchedEnv(task, 1, threads=threads)
     pool = env.pool
     pool.reset(np.arange(num_envs))
     rng = np.random.default_rng(0)
@@ -69,7 +72,7 @@ def measure(args: Args, task, num_envs: int) -> dict:
     throughput_args = ThroughputArgs(algo=args.algo, env=task.name, updates_per_iteration=args.updates_per_iteration,
                                      hidden_dim=args.hidden_dim, batch_size=args.batch_size)
     run_args = dataclasses.replace(algorithm_args(throughput_args, num_envs, iterations), backend=task.backend)
-    env = HostBatchedEnv(task, num_envs)
+    env = HostBatchedEnv(task, num_envs, threads=args.host_threads)
     trainer = algorithms.make_trainer(args.algo, run_args, env, HostBatchedEnv(task, 1))
     state = trainer.init(jax.random.key(0))
     state, _ = jax.block_until_ready(trainer.chunk(state))  # compiles, and fills the buffer past one batch
@@ -84,7 +87,9 @@ def measure(args: Args, task, num_envs: int) -> dict:
     return dict(
         algo=args.algo, env=task.name, backend=task.backend, num_envs=num_envs,
         updates_per_iteration=args.updates_per_iteration, hidden_dim=args.hidden_dim, batch_size=args.batch_size,
-        bare_env_steps_per_s=round(bare_rate(task, num_envs, args.bare_steps), 1),
+        threads=env.pool.threads,
+        bare_1_thread_env_steps_per_s=round(bare_rate(task, num_envs, args.bare_steps, 1), 1),
+        bare_env_steps_per_s=round(bare_rate(task, num_envs, args.bare_steps, args.host_threads), 1),
         env_steps_per_s=round(iterations * num_envs / seconds[best], 1),
         updates_per_s=round(iterations * args.updates_per_iteration / seconds[best], 2),
         host_share=round(host_seconds[best] / seconds[best], 3), **provenance(),

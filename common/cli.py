@@ -46,6 +46,8 @@ class RunArgs:
     """Env steps of uniform random actions before learning starts."""
     physics: Literal["jax", "warp"] = "jax"
     """MJX physics implementation for the playground backend (`jax` is ~5x faster than warp on CPU)."""
+    host_threads: int = 0
+    """Threads that step a host backend's envs (0: one per CPU core); results do not depend on it."""
     episode_length: int | None = None
     """Time limit in env steps (default: the task's own, 1000 for DMC)."""
     eval_interval: int = 10_000
@@ -89,6 +91,8 @@ def validate_run_args(args: RunArgs) -> None:
                      "keep_checkpoints")
     if args.episode_length is not None:
         require_positive(args, "episode_length")
+    if args.host_threads < 0:
+        raise ValueError(f"--host-threads must be ≥ 0 (0: one per CPU core), got {args.host_threads}")
     if not 0 <= args.start_steps < args.total_steps:
         raise ValueError(f"--start-steps must be in [0, --total-steps={args.total_steps}), got {args.start_steps}")
     if args.num_envs > args.buffer_size:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import flax.struct
 import jax
@@ -162,8 +164,9 @@ def _make_task(task):
 class _Pool:
     """The host envs of one HostBatchedEnv (every seed's), created on first use; see the module docstring."""
 
-    def __init__(self, task, first, episode_length: int):
-        self.task, self.envs, self.episode_length = task, [first], episode_length
+    def __init__(self, task, first, episode_length: int, threads: int):
+        self.task, self.envs, self.episode_length, self.threads = task, [first], episode_length, threads
+        self.executor = None
         self.episode_steps = np.zeros(0, np.int64)
         self.calls = 0
         self.step_seconds = 0.0  # wall time spent in step(): the host's share of training (benchmarks/host_throughput.py)
@@ -190,24 +193,40 @@ class _Pool:
         start = time.perf_counter()
         self._check(sync)
         n = len(actions)
-        next_obs, obs = np.zeros((2, n, self.envs[0].obs_size), np.float32)
-        reward = np.zeros(n, np.float32)
-        terminated, truncated, nonfinite = np.zeros((3, n), bool)
+        out = dict(next_obs=np.zeros((n, self.envs[0].obs_size), np.float32),
+                   obs=np.zeros((n, self.envs[0].obs_size), np.float32), reward=np.zeros(n, np.float32),
+                   terminated=np.zeros(n, bool), truncated=np.zeros(n, bool), nonfinite=np.zeros(n, bool))
         self.episode_steps += 1
-        for i, (env, action) in enumerate(zip(self.envs, actions)):  # float32, as a policy gives them
-            next_obs[i], reward[i], terminated[i], nonfinite[i] = env.step(action)
-            nonfinite[i] |= not (np.isfinite(next_obs[i]).all() and np.isfinite(reward[i]))
-            terminated[i] &= ~nonfinite[i]
-            truncated[i] = self.episode_steps[i] >= self.episode_length and not (terminated[i] or nonfinite[i])
-            if terminated[i] or truncated[i] or nonfinite[i]:
-                obs[i] = env.reset()
+        # Each env is independent, so the order in which threads step them cannot change any result. MuJoCo releases
+        # the GIL while it simulates; the tasks' Python code (observations, rewards) does not.
+        bounds = np.linspace(0, n, min(self.threads, n) + 1).astype(int)
+        ranges = [range(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        if len(ranges) == 1:
+            self._step_range(ranges[0], actions, out)
+        else:
+            list(self._executor().map(lambda envs: self._step_range(envs, actions, out), ranges))
+        self.step_seconds += time.perf_counter() - start
+        return dict(out, sync=self._sync())
+
+    def _step_range(self, indices: range, actions: np.ndarray, out: dict) -> None:
+        for i in indices:
+            env = self.envs[i]
+            next_obs, reward, terminated, nonfinite = env.step(actions[i])  # float32, as a policy gives them
+            nonfinite = nonfinite or not (np.isfinite(next_obs).all() and np.isfinite(reward))
+            terminated = terminated and not nonfinite
+            truncated = self.episode_steps[i] >= self.episode_length and not (terminated or nonfinite)
+            out["next_obs"][i], out["reward"][i] = next_obs, 0.0 if nonfinite else reward
+            out["terminated"][i], out["truncated"][i], out["nonfinite"][i] = terminated, truncated, nonfinite
+            if terminated or truncated or nonfinite:
+                out["obs"][i] = env.reset()
                 self.episode_steps[i] = 0
             else:
-                obs[i] = next_obs[i]
-        reward[nonfinite] = 0.0
-        self.step_seconds += time.perf_counter() - start
-        return dict(next_obs=next_obs, obs=obs, reward=reward, terminated=terminated, truncated=truncated,
-                    nonfinite=nonfinite, sync=self._sync())
+                out["obs"][i] = next_obs
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="host-envs")
+        return self.executor
 
     def snapshot(self, sync: np.ndarray) -> np.ndarray:
         """[N, snapshot_bytes] uint8: each env's state arrays and its episode step, as raw bytes."""
@@ -248,11 +267,14 @@ class HostEnvState:
 
 class HostBatchedEnv:
     """E copies of one dm_control or Gymnasium task stepped on the host, with the interface of
-    common.envs.BatchedEnv. Actions are not clipped: pass them within [action_low, action_high]."""
+    common.envs.BatchedEnv. Actions are not clipped: pass them within [action_low, action_high]. `threads` step the
+    envs (0: one per CPU core); measured on 2 cores, two threads step dog-run 1.3x and Ant-v4 1.6x faster than one."""
 
-    def __init__(self, task, num_envs: int, episode_length: int | None = None):
+    def __init__(self, task, num_envs: int, episode_length: int | None = None, threads: int = 0):
         if num_envs < 1:
             raise ValueError(f"--num-envs must be >= 1, got {num_envs}")
+        if threads < 0:
+            raise ValueError(f"--host-threads must be >= 0, got {threads}")
         if episode_length is not None and episode_length < 1:
             raise ValueError(f"--episode-length must be >= 1, got {episode_length}")
         self.name, self.backend, self.backend_task = task.name, task.backend, task.source
@@ -264,7 +286,7 @@ class HostBatchedEnv:
         self.obs_size = first.obs_size
         self.action_size = len(first.action_low)
         self.action_low, self.action_high = first.action_low, first.action_high
-        self.pool = _Pool(task, first, self.episode_length)
+        self.pool = _Pool(task, first, self.episode_length, threads or os.cpu_count() or 1)
         self.snapshot_bytes = self.pool.snapshot_bytes + 8  # + the episode step
         self._reset_call = self._host_call(self.pool.reset, lambda n: (
             jax.ShapeDtypeStruct((n, self.obs_size), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.int32)))

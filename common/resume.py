@@ -9,7 +9,8 @@ from common import checkpoint
 
 # Flags that do not change what the train state means or how the next chunk computes: they may differ on resume.
 SAFE_TO_CHANGE = frozenset({"total_steps", "eval_interval", "eval_episodes", "eval_mode", "checkpoint_interval",
-                            "keep_checkpoints", "resume", "run_root", "wandb", "wandb_project"})
+                            "keep_checkpoints", "resume", "run_root", "wandb", "wandb_project",
+                            "host_threads"})
 
 
 def run_dir_of(resume: str) -> Path:

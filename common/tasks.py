@@ -107,7 +107,8 @@ def format_task_list() -> str:
     return "\n".join(("".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + row[3]).rstrip() for row in rows)
 
 
-def make_env(name: str, backend: str, num_envs: int, physics: str = "jax", episode_length: int | None = None):
+def make_env(name: str, backend: str, num_envs: int, physics: str = "jax", episode_length: int | None = None,
+             host_threads: int = 0):
     """The batched env for a task: common.envs.BatchedEnv on Playground, common.host_envs.HostBatchedEnv on a host
     backend. Both give the same jittable reset/step interface."""
     task = resolve_task(name, backend)
@@ -117,4 +118,4 @@ def make_env(name: str, backend: str, num_envs: int, physics: str = "jax", episo
         return BatchedEnv(task.source, num_envs, physics=physics, episode_length=episode_length)
     from common.host_envs import HostBatchedEnv
 
-    return HostBatchedEnv(task, num_envs, episode_length=episode_length)
+    return HostBatchedEnv(task, num_envs, episode_length=episode_length, threads=host_threads)

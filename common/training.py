@@ -232,8 +232,8 @@ def main(algo: str, config_class: type, make_agent: Callable) -> None:
 
 def run(args, make_agent: Callable, algo: str) -> None:
     """Train `algo` with the script's flags `args` on its env (see `train`)."""
-    env, eval_env = (make_env(args.env, args.backend, num_envs, physics=args.physics,
-                              episode_length=args.episode_length) for num_envs in (args.num_envs, args.eval_episodes))
+    env, eval_env = (make_env(args.env, args.backend, num_envs, physics=args.physics, episode_length=args.episode_length,
+                              host_threads=args.host_threads) for num_envs in (args.num_envs, args.eval_episodes))
     train(make_trainer(args, make_agent, env, eval_env), algo, env)
 
 

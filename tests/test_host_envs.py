@@ -95,14 +95,14 @@ class RawDMControl:
 
 def test_gymnasium_transitions_match_the_raw_env_at_time_limits_and_terminations():
     # Hopper falls within tens of random steps (termination, no bootstrap); a 25-step limit truncates the others.
-    env = make_env("Hopper-v4", "gymnasium", E, episode_length=25)
+    env = make_env("Hopper-v4", "gymnasium", E, episode_length=25, host_threads=2)  # threads split the envs 1 + 2
     raws = [RawGymnasium("Hopper-v4", seed, 25) for seed in host_seeds(KEY, E)]
     terminations, truncations = check_against_raw(env, raws, steps=80)
     assert terminations > 0 and truncations > 0
 
 
 def test_dm_control_transitions_match_the_raw_env_at_time_limits():
-    env = make_env("cartpole-swingup", "dm_control", E, episode_length=5)
+    env = make_env("cartpole-swingup", "dm_control", E, episode_length=5, host_threads=2)
     assert (env.obs_size, env.action_size) == (5, 1)
     raws = [RawDMControl("cartpole-swingup", seed, 5) for seed in host_seeds(KEY, E)]
     terminations, truncations = check_against_raw(env, raws, steps=12)
