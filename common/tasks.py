@@ -45,7 +45,15 @@ def _normalise(name: str) -> str:
 
 @functools.cache
 def _tasks(backend: str) -> dict[str, Task]:
-    """Normalised spelling -> Task, for one backend (imports that backend's task list, not its physics)."""
+    """Normalised spelling -> Task, for one backend (imports that backend's task list, not its physics). A host
+    backend whose package is not installed has no tasks: GPU machines may carry Playground alone."""
+    try:
+        return _backend_tasks(backend)
+    except ImportError:
+        return {}
+
+
+def _backend_tasks(backend: str) -> dict[str, Task]:
     if backend == "playground":
         tasks = {dm: Task(dm, backend, pg) for dm, pg in ENV_NAMES.items()}
         # Playground names contain no '_' or '-', so they cannot collide with dm_control-style ones.
@@ -91,12 +99,12 @@ def format_task_list() -> str:
     observation and action sizes."""
     import warnings
 
-    import gymnasium
-
     rows = []
     for task in all_tasks():
         sizes = ""
         if task.backend == "gymnasium":
+            import gymnasium
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # v4's deprecation notice, once per task
                 env = gymnasium.make(task.source)
