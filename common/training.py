@@ -7,8 +7,10 @@ everything else: the envs, the replay buffer and the batches drawn from it, and 
 the algorithm's state (`TrainState.learner`).
 
 A chunk is ONE jitted call that scans over iterations of {act → step all E envs → store E transitions → U updates},
-with the train state donated so the replay buffer is updated in place. The host loop runs chunks and does all host
-work (metrics, evaluation, progress, checks) between them.
+with the train state donated so the replay buffer is updated in place. The envs are Playground's MJX envs
+(common.envs) or dm_control/Gymnasium envs that the chunk steps on the host through a callback (common.host_envs):
+the same interface, and a checkpoint captures either. The host loop runs chunks and does all host work (metrics,
+evaluation, progress, checks) between them.
 
 `--num-seeds S` trains S independent seeds in lockstep in one program: `over_seeds` vmaps the trainer over a leading
 seed axis of the train state, and the host loop logs one row per seed.
@@ -232,8 +234,9 @@ def main(algo: str, config_class: type, make_agent: Callable) -> None:
 
 def run(args, make_agent: Callable, algo: str) -> None:
     """Train `algo` with the script's flags `args` on its env (see `train`)."""
-    env, eval_env = (make_env(args.env, args.backend, num_envs, physics=args.physics, episode_length=args.episode_length,
-                              host_threads=args.host_threads) for num_envs in (args.num_envs, args.eval_episodes))
+    env, eval_env = (make_env(args.env, args.backend, num_envs, physics=args.physics,
+                              episode_length=args.episode_length, host_threads=args.host_threads)
+                     for num_envs in (args.num_envs, args.eval_episodes))
     train(make_trainer(args, make_agent, env, eval_env), algo, env)
 
 
@@ -279,8 +282,7 @@ def train(trainer: Trainer, algo: str, env: BatchedEnv) -> None:
     def save(step):
         checkpoint_dir.mkdir(exist_ok=True)
         path = checkpoint.save(checkpoint_dir, step, state.replace(env=env.capture(state.env)),
-                               dict(step=step, algo=algo, config=config),
-                               args.keep_checkpoints)
+                               dict(step=step, algo=algo, config=config), args.keep_checkpoints)
         last_checkpoint[0] = path
 
     try:

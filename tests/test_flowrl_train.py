@@ -159,4 +159,4 @@ def test_env_list_prints_every_task():
     rows = [line.split() for line in result.stdout.strip().splitlines()]
     assert ["humanoid-walk", "playground", "HumanoidWalk"] in rows and ["dog-run", "dm_control", "dog-run"] in rows
     assert ["Ant-v4", "gymnasium", "Ant-v4", "obs", "27,", "action", "8"] in rows
-    assert len(rows) == 25 + 51 + 21  # Playground, dm_control's suite.ALL_TASKS, Gymnasium's MuJoCo v4 and v5 but Pusher-v4
+    assert len(rows) == 25 + 51 + 21  # Playground, dm_control's ALL_TASKS, Gymnasium's MuJoCo v4/v5 but Pusher-v4
