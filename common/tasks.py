@@ -3,7 +3,8 @@
 - `playground`: MuJoCo Playground's MJX ports of DM Control (common.envs), stepped on the accelerator.
 - `dm_control`: the original DM Control suite (CPU MuJoCo), dog included; the tasks of the FlowRL paper.
 - `gymnasium`: Gymnasium's MuJoCo tasks, v4 and v5 (`Ant-v4`, `Humanoid-v5`, ...).
-The last two are stepped on the host, inside the compiled chunk (common.host_envs).
+The last two are stepped on the host, inside the compiled chunk (common.host_envs); common.training.make_env builds
+the env of a resolved task.
 
 Names are case- and `_`/`-`-insensitive: `humanoid-walk`, `humanoid_CMU-run`, `ant-v4`. DM Control tasks are named
 `domain-task`, all lower case and hyphenated (`ball-in-cup-catch`, `point-mass-easy`). With `--backend auto` a name
@@ -113,17 +114,3 @@ def format_task_list() -> str:
         rows.append((task.name, task.backend, task.source, sizes))
     widths = [max(len(row[i]) for row in rows) + 2 for i in range(3)]
     return "\n".join(("".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + row[3]).rstrip() for row in rows)
-
-
-def make_env(name: str, backend: str, num_envs: int, physics: str = "jax", episode_length: int | None = None,
-             host_threads: int = 0):
-    """The batched env for a task: common.envs.BatchedEnv on Playground, common.host_envs.HostBatchedEnv on a host
-    backend. Both give the same jittable reset/step interface."""
-    task = resolve_task(name, backend)
-    if task.backend == "playground":
-        from common.envs import BatchedEnv
-
-        return BatchedEnv(task.source, num_envs, physics=physics, episode_length=episode_length)
-    from common.host_envs import HostBatchedEnv
-
-    return HostBatchedEnv(task, num_envs, episode_length=episode_length, threads=host_threads)

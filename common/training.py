@@ -32,8 +32,9 @@ from common import buffer as replay
 from common import checkpoint, cli, resume
 from common.envs import BatchedEnv
 from common.evaluation import make_evaluator
+from common.host_envs import HostBatchedEnv
 from common.logger import RunLogger, make_run_dir
-from common.tasks import make_env
+from common.tasks import resolve_task
 
 
 class TrainState(struct.PyTreeNode):
@@ -51,6 +52,16 @@ class Trainer(NamedTuple):
     evaluate: Callable  # (state, key, deterministic: bool) -> per-episode returns [eval_episodes]
     update: Callable    # (state, key) -> (state, metrics): draw a batch and run one update, as the chunk does
     env_steps_per_chunk: int
+
+
+def make_env(name: str, backend: str, num_envs: int, physics: str = "jax", episode_length: int | None = None,
+             host_threads: int = 0):
+    """The batched env for a task: BatchedEnv on Playground, HostBatchedEnv on a host backend (dm_control,
+    Gymnasium). Both give the same jittable reset/step interface."""
+    task = resolve_task(name, backend)
+    if task.backend == "playground":
+        return BatchedEnv(task.source, num_envs, physics=physics, episode_length=episode_length)
+    return HostBatchedEnv(task, num_envs, episode_length=episode_length, threads=host_threads)
 
 
 def to_env_bounds(env: BatchedEnv, action):

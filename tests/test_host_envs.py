@@ -17,7 +17,8 @@ import pytest
 import flowrl_jax as flowrl
 from common import checkpoint, cli, training
 from common.host_envs import HostBatchedEnv
-from common.tasks import make_env, resolve_task
+from common.tasks import resolve_task
+from common.training import make_env
 
 ROOT = Path(__file__).resolve().parents[1]
 E, KEY = 3, jax.random.key(7)
