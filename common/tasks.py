@@ -30,10 +30,19 @@ class Task(NamedTuple):
 
 
 def dm_control_suite():
-    """dm_control.suite, imported without the GLFW warning that a headless machine prints on stderr (dm_control then
-    renders with EGL or OSMesa; training never renders)."""
+    """dm_control.suite, set up for a headless machine. Training never renders, but quadruped-escape uploads its
+    terrain through an OpenGL context at each reset: without a display, dm_control would pick GLFW (importable, but
+    unable to open a context), so EGL, or else OSMesa, is chosen where its library exists and MUJOCO_GL is unset.
+    The warning that GLFW prints on stderr without a display is silenced."""
+    import ctypes.util
+    import os
     import warnings
 
+    if "MUJOCO_GL" not in os.environ and "DISPLAY" not in os.environ:
+        for backend, library in (("egl", "EGL"), ("osmesa", "OSMesa")):
+            if ctypes.util.find_library(library):
+                os.environ["MUJOCO_GL"] = backend
+                break
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*DISPLAY")
         from dm_control import suite

@@ -17,7 +17,7 @@ import pytest
 import flowrl_jax as flowrl
 from common import checkpoint, cli, training
 from common.host_envs import HostBatchedEnv
-from common.tasks import resolve_task
+from common.tasks import dm_control_suite, resolve_task
 from common.training import make_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +76,7 @@ class RawDMControl:
     """dm_control's own env with its own time limit: the reference for our time limit and flattening."""
 
     def __init__(self, source, seed, episode_length):
-        from dm_control import suite
-
+        suite = dm_control_suite()  # as the host envs import it (the OpenGL backend is chosen at the first import)
         domain, task = source.split("-")
         probe = suite.load(domain, task)
         self.env = suite.load(domain, task, task_kwargs={"random": seed,
@@ -117,6 +116,9 @@ def test_default_time_limits_and_action_bounds_are_the_tasks_own():
     assert dog.episode_length == 1000  # 15 s at a 15 ms control step
     with pytest.raises(ValueError, match="--episode-length: lqr-lqr-2-1 has no time limit"):
         HostBatchedEnv(resolve_task("lqr-lqr-2-1"), 1)
+    # quadruped-escape uploads its random terrain through an OpenGL context at every reset, even headless
+    escape = HostBatchedEnv(resolve_task("quadruped-escape"), 1)
+    assert np.isfinite(escape.pool.reset(np.array([3]))[0]).all()
 
 
 def test_a_captured_state_restores_exactly_into_fresh_envs_and_a_stale_one_is_refused():

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from common.envs import ENV_NAMES, UnknownEnvError, resolve_env_name
-from common.tasks import BACKENDS, Task, all_tasks, format_task_list, resolve_task
+from common.tasks import BACKENDS, Task, all_tasks, dm_control_suite, format_task_list, resolve_task
 
 
 def test_env_names_cover_all_playground_dmc_tasks_once():
@@ -32,9 +32,7 @@ def test_playground_names_round_trip_and_aliases():
 
 
 def test_every_dm_control_and_gymnasium_task_resolves_on_its_backend():
-    from dm_control import suite
-
-    for domain, task in suite.ALL_TASKS:
+    for domain, task in dm_control_suite().ALL_TASKS:
         resolved = resolve_task(f"{domain}-{task}", "dm_control")
         assert (resolved.backend, resolved.source) == ("dm_control", f"{domain}-{task}")
         assert resolved.name == resolved.name.lower() and "_" not in resolved.name
