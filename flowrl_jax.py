@@ -44,6 +44,8 @@ class FlowRLConfig:
     """`reference`: mean(-Q) + mean(w)·mean(cfm); `paper`: mean(-Q + w·cfm), per-sample weights as in the paper."""
     learning_rate: float = 3e-4
     """Adam step size for every network."""
+    max_grad_norm: float | None = None
+    """Clip each gradient to this global norm before Adam (default: no clipping, as in the reference)."""
     gamma: float = 0.99
     """Discount."""
     recent_window: int = 2048
@@ -54,6 +56,8 @@ class FlowRLConfig:
 
     def validate(self) -> None:
         """Raise ValueError, naming the flag, for a value the algorithm cannot use."""
+        if self.max_grad_norm is not None and not 0 < self.max_grad_norm < float("inf"):
+            raise ValueError(f"--max-grad-norm must be a positive number, got {self.max_grad_norm}")
         for name in ("hidden_dim", "flow_steps", "policy_delay", "recent_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_flag(name)} must be a positive integer (≥ 1), got {getattr(self, name)}")
@@ -222,6 +226,8 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
     # update ~6 % slower on XLA's CPU backend (benchmarks/results/vbeta_head_ab_cpu.txt).
     v_net = CriticHead(config.hidden_dim)
     optimiser = optax.adam(config.learning_rate)
+    if config.max_grad_norm is not None:
+        optimiser = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimiser)
 
     def flow_action(policy_params, obs, x0):
         """Squashed action in [-1, 1]^d from noise x0, differentiable w.r.t. the policy parameters."""

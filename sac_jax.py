@@ -48,11 +48,15 @@ class SACConfig:
     """Entropy that α steers the policy toward (default: −|A|, the action dimension)."""
     learning_rate: float = 3e-4
     """Adam step size for every network and the temperature."""
+    max_grad_norm: float | None = None
+    """Clip each gradient to this global norm before Adam (default: no clipping, as in the reference)."""
     gamma: float = 0.99
     """Discount."""
 
     def validate(self) -> None:
         """Raise ValueError, naming the flag, for a value the algorithm cannot use."""
+        if self.max_grad_norm is not None and not 0 < self.max_grad_norm < float("inf"):
+            raise ValueError(f"--max-grad-norm must be a positive number, got {self.max_grad_norm}")
         for name in ("actor_hidden_dim", "critic_hidden_dim"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -223,6 +227,8 @@ def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
     actor_net = Actor(config.actor_hidden_dim, action_size)
     q_net = twin_critic(config.critic_hidden_dim, config.critic)
     optimiser = optax.adam(config.learning_rate)
+    if config.max_grad_norm is not None:
+        optimiser = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimiser)
 
     def sample_action(actor_params, obs, key):
         return sample_squashed(key, *actor_net.apply(actor_params, obs))
