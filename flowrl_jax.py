@@ -46,6 +46,9 @@ class FlowRLConfig:
     """Adam step size for every network."""
     max_grad_norm: float | None = None
     """Clip each gradient to this global norm before Adam (default: no clipping, as in the reference)."""
+    normalize_observations: bool = False
+    """Scale each observation by the running mean and std of all observations passed to `observe` (Playground's SAC
+    normalises; the reference does not)."""
     gamma: float = 0.99
     """Discount."""
     recent_window: int = 2048
@@ -180,6 +183,37 @@ def is_policy_update(update_count, policy_delay: int):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Observation normalisation (optional; the same lines are in both algorithm files, so that each stands alone)
+# ----------------------------------------------------------------------------------------------------------------------
+class ObservationStats(struct.PyTreeNode):
+    """Count, mean and summed squared deviations of every observation passed to `observe`."""
+
+    count: jax.Array  # float32 scalar
+    mean: jax.Array   # [obs_size]
+    m2: jax.Array     # [obs_size]
+
+    @classmethod
+    def empty(cls, obs_size: int) -> "ObservationStats":
+        return cls(count=jnp.float32(0.0), mean=jnp.zeros(obs_size), m2=jnp.zeros(obs_size))
+
+    def add(self, obs: jax.Array) -> "ObservationStats":
+        """Merge a batch [..., obs_size] in, exactly (Chan et al.'s pairwise update of mean and variance)."""
+        obs = obs.reshape(-1, obs.shape[-1])
+        batch_count = jnp.float32(obs.shape[0])
+        batch_mean = obs.mean(0)
+        count = self.count + batch_count
+        delta = batch_mean - self.mean
+        m2 = self.m2 + ((obs - batch_mean) ** 2).sum(0) + delta**2 * self.count * batch_count / count
+        return ObservationStats(count=count, mean=self.mean + delta * batch_count / count, m2=m2)
+
+    def normalise(self, obs: jax.Array) -> jax.Array:
+        """(obs − mean) / √(variance + 1e-8), clipped to ±10 (as Stable-Baselines3's VecNormalize); identity
+        before the first observation."""
+        variance = jnp.where(self.count > 0, self.m2 / jnp.maximum(self.count, 1.0), 1.0)
+        return jnp.clip((obs - self.mean) / jnp.sqrt(variance + 1e-8), -10.0, 10.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # The learner: state, init, act, update
 # ----------------------------------------------------------------------------------------------------------------------
 class FlowRLState(struct.PyTreeNode):
@@ -194,12 +228,15 @@ class FlowRLState(struct.PyTreeNode):
     q_beta_opt: optax.OptState
     v_beta_opt: optax.OptState
     updates: jax.Array  # int32, gradient updates done (the policy delay counts them)
+    obs_stats: ObservationStats | None = None  # with `normalize_observations` only
 
 
 class FlowRL(NamedTuple):
     """FlowRL for fixed observation and action sizes; every function is pure and jittable.
 
     init(key) -> FlowRLState
+    observe(state, obs [..., obs_size]) -> state: add newly seen observations to the normalisation statistics (with
+        `normalize_observations`; otherwise the state is returned as it is)
     act(state, obs [B, obs_size], key, deterministic=False) -> actions [B, action_size] in [-1, 1]; `deterministic`
         integrates from x_0 = 0 instead of fresh noise (it may be a traced bool)
     update(state, batch, key) -> (state, metrics): one update of Q, Q_β and V_β, and on one update in
@@ -210,6 +247,7 @@ class FlowRL(NamedTuple):
 
     config: FlowRLConfig
     init: Callable
+    observe: Callable
     act: Callable
     update: Callable
     policy_metric_names: tuple[str, ...]  # metrics only a policy update computes: zeros on the others
@@ -249,11 +287,18 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
             policy=policy, q=q, q_target=q, q_beta=q, q_beta_target=q, v_beta=v_beta,
             policy_opt=optimiser.init(policy), q_opt=optimiser.init(q), q_beta_opt=optimiser.init(q),
             v_beta_opt=optimiser.init(v_beta), updates=jnp.int32(0),
+            obs_stats=ObservationStats.empty(obs_size) if config.normalize_observations else None,
         )
+
+    def normalise(state: FlowRLState, obs):
+        return obs if state.obs_stats is None else state.obs_stats.normalise(obs)
+
+    def observe(state: FlowRLState, obs):
+        return state if state.obs_stats is None else state.replace(obs_stats=state.obs_stats.add(obs))
 
     def act(state: FlowRLState, obs, key, deterministic=False):
         x0 = jnp.where(deterministic, 0.0, clipped_noise(key, (*obs.shape[:-1], action_size)))
-        return flow_action(state.policy, obs, x0)
+        return flow_action(state.policy, normalise(state, obs), x0)
 
     def adam_step(params, opt_state, grads):
         updates, opt_state = optimiser.update(grads, opt_state, params)
@@ -261,7 +306,7 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
 
     def update(state: FlowRLState, batch: dict, key):
         next_noise_key, policy_noise_key, cfm_noise_key, cfm_time_key = jax.random.split(key, 4)
-        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        obs, action, next_obs = normalise(state, batch["obs"]), batch["action"], normalise(state, batch["next_obs"])
         discount = config.gamma * batch["mask"]
 
         # 1. Critic: bootstrap from the target twin at a fresh policy action.
@@ -320,7 +365,7 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
         policy, policy_opt, q_target, q_beta_target, policy_metrics = jax.lax.cond(
             policy_step, policy_and_targets, unchanged, None)
 
-        state = FlowRLState(
+        state = state.replace(
             policy=policy, q=q_params, q_target=q_target, q_beta=q_beta_params, q_beta_target=q_beta_target,
             v_beta=v_beta_params, policy_opt=policy_opt, q_opt=q_opt, q_beta_opt=q_beta_opt, v_beta_opt=v_beta_opt,
             updates=update_count,
@@ -330,7 +375,8 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
                        policy_updated=policy_step.astype(jnp.float32), **policy_metrics)
         return state, metrics
 
-    return FlowRL(config=config, init=init, act=act, update=update, policy_metric_names=POLICY_METRIC_NAMES)
+    return FlowRL(config=config, init=init, observe=observe, act=act, update=update,
+                  policy_metric_names=POLICY_METRIC_NAMES)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

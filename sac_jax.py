@@ -50,6 +50,9 @@ class SACConfig:
     """Adam step size for every network and the temperature."""
     max_grad_norm: float | None = None
     """Clip each gradient to this global norm before Adam (default: no clipping, as in the reference)."""
+    normalize_observations: bool = False
+    """Scale each observation by the running mean and std of all observations passed to `observe` (Playground's SAC
+    normalises; the reference does not)."""
     gamma: float = 0.99
     """Discount."""
 
@@ -185,6 +188,37 @@ def temperature_objective(log_temperature, log_prob, target_entropy):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Observation normalisation (optional; the same lines are in both algorithm files, so that each stands alone)
+# ----------------------------------------------------------------------------------------------------------------------
+class ObservationStats(struct.PyTreeNode):
+    """Count, mean and summed squared deviations of every observation passed to `observe`."""
+
+    count: jax.Array  # float32 scalar
+    mean: jax.Array   # [obs_size]
+    m2: jax.Array     # [obs_size]
+
+    @classmethod
+    def empty(cls, obs_size: int) -> "ObservationStats":
+        return cls(count=jnp.float32(0.0), mean=jnp.zeros(obs_size), m2=jnp.zeros(obs_size))
+
+    def add(self, obs: jax.Array) -> "ObservationStats":
+        """Merge a batch [..., obs_size] in, exactly (Chan et al.'s pairwise update of mean and variance)."""
+        obs = obs.reshape(-1, obs.shape[-1])
+        batch_count = jnp.float32(obs.shape[0])
+        batch_mean = obs.mean(0)
+        count = self.count + batch_count
+        delta = batch_mean - self.mean
+        m2 = self.m2 + ((obs - batch_mean) ** 2).sum(0) + delta**2 * self.count * batch_count / count
+        return ObservationStats(count=count, mean=self.mean + delta * batch_count / count, m2=m2)
+
+    def normalise(self, obs: jax.Array) -> jax.Array:
+        """(obs − mean) / √(variance + 1e-8), clipped to ±10 (as Stable-Baselines3's VecNormalize); identity
+        before the first observation."""
+        variance = jnp.where(self.count > 0, self.m2 / jnp.maximum(self.count, 1.0), 1.0)
+        return jnp.clip((obs - self.mean) / jnp.sqrt(variance + 1e-8), -10.0, 10.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # The learner: state, init, act, update
 # ----------------------------------------------------------------------------------------------------------------------
 class SACState(struct.PyTreeNode):
@@ -196,6 +230,7 @@ class SACState(struct.PyTreeNode):
     q_opt: optax.OptState
     temperature_opt: optax.OptState
     updates: jax.Array  # int32, gradient updates done
+    obs_stats: ObservationStats | None = None  # with `normalize_observations` only
 
 
 class SAC(NamedTuple):
@@ -203,6 +238,8 @@ class SAC(NamedTuple):
 
     config: the hyperparameters with the defaults that depend on the action size filled in
     init(key) -> SACState
+    observe(state, obs [..., obs_size]) -> state: add newly seen observations to the normalisation statistics (with
+        `normalize_observations`; otherwise the state is returned as it is)
     act(state, obs [B, obs_size], key, deterministic=False) -> actions [B, action_size] in [-1, 1]; `deterministic`
         takes tanh of the Gaussian's mean instead of a sample (it may be a traced bool)
     update(state, batch, key) -> (state, metrics): critics, actor, temperature, then Polyak targets, on a batch, a
@@ -212,6 +249,7 @@ class SAC(NamedTuple):
 
     config: SACConfig
     init: Callable
+    observe: Callable
     act: Callable
     update: Callable
     policy_metric_names: tuple[str, ...] = ()  # SAC moves its actor on every update
@@ -243,10 +281,17 @@ def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
             actor=actor, q=q, q_target=q, log_temperature=log_temperature,
             actor_opt=optimiser.init(actor), q_opt=optimiser.init(q), temperature_opt=optimiser.init(log_temperature),
             updates=jnp.int32(0),
+            obs_stats=ObservationStats.empty(obs_size) if config.normalize_observations else None,
         )
 
+    def normalise(state: SACState, obs):
+        return obs if state.obs_stats is None else state.obs_stats.normalise(obs)
+
+    def observe(state: SACState, obs):
+        return state if state.obs_stats is None else state.replace(obs_stats=state.obs_stats.add(obs))
+
     def act(state: SACState, obs, key, deterministic=False):
-        mean, log_std = actor_net.apply(state.actor, obs)
+        mean, log_std = actor_net.apply(state.actor, normalise(state, obs))
         return jnp.where(deterministic, jnp.tanh(mean), sample_squashed(key, mean, log_std)[0])
 
     def adam_step(params, opt_state, grads):
@@ -255,7 +300,7 @@ def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
 
     def update(state: SACState, batch: dict, key):
         next_action_key, action_key = jax.random.split(key)
-        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        obs, action, next_obs = normalise(state, batch["obs"]), batch["action"], normalise(state, batch["next_obs"])
         temperature = jnp.exp(state.log_temperature)
 
         # Critics: regress both heads on the soft target from the target twin.
@@ -283,7 +328,7 @@ def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
             state.log_temperature, log_prob, config.target_entropy)
         log_temperature, temperature_opt = adam_step(state.log_temperature, state.temperature_opt, grads)
 
-        state = SACState(
+        state = state.replace(
             actor=actor_params, q=q_params, q_target=optax.incremental_update(q_params, state.q_target, config.tau),
             log_temperature=log_temperature, actor_opt=actor_opt, q_opt=q_opt, temperature_opt=temperature_opt,
             updates=state.updates + 1,
@@ -292,7 +337,7 @@ def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
                        temperature=temperature, temperature_loss=temperature_loss)
         return state, metrics
 
-    return SAC(config=config, init=init, act=act, update=update)
+    return SAC(config=config, init=init, observe=observe, act=act, update=update)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

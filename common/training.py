@@ -133,6 +133,7 @@ def make_chunk(args, env: BatchedEnv, agent, update: Callable) -> tuple[Callable
     def iteration(state, _):
         key, policy_key, random_key = jax.random.split(state.key, 3)
         obs = state.env.obs
+        state = state.replace(learner=agent.observe(state.learner, obs))  # every observation the policy meets, once
         action = jnp.where(
             state.env_steps < args.start_steps,
             jax.random.uniform(random_key, (num_envs, env.action_size), minval=-1.0, maxval=1.0),

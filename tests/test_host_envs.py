@@ -236,3 +236,18 @@ def test_both_scripts_train_on_dog_run_and_ant(script, env, tmp_path):
     assert sum(float(row["train_episodes"]) for row in rows) >= 2  # each env ended an episode (100-step limit)
     (evaluation,) = table(run_dir / "eval.csv")
     assert np.isfinite(float(evaluation["return_mean"]))
+
+
+def test_the_harness_observes_each_observation_the_policy_meets_once():
+    args = dataclasses.replace(HOST, normalize_observations=True)
+    env, eval_env = (make_env(args.env, args.backend, n, episode_length=args.episode_length)
+                     for n in (args.num_envs, args.eval_episodes))
+    trainer = training.make_trainer(args, flowrl.make_flowrl, env, eval_env)
+    state = trainer.init(jax.random.key(0))
+    for _ in range(4):  # 24 env steps: 18 random, then the policy acts on normalised observations and learns
+        state, _ = trainer.chunk(state)
+    state = jax.device_get(state)
+    stored = state.buffer.data["obs"][:24]  # the replay holds each observation the policy met, as it met it
+    assert float(state.learner.obs_stats.count) == 24
+    np.testing.assert_allclose(state.learner.obs_stats.mean, stored.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.learner.obs_stats.m2 / 24, stored.var(0), rtol=1e-4, atol=1e-7)

@@ -111,3 +111,32 @@ def test_gradient_clipping_bounds_what_reaches_adam(module, config):
     assert largest_step(1e-12) < 1e-7
     with pytest.raises(ValueError, match="--max-grad-norm must be a positive number"):
         make(dataclasses.replace(config, max_grad_norm=0.0), obs_size, action_size)
+
+
+@pytest.mark.parametrize("module, config", [(flowrl, flowrl.FlowRLConfig(hidden_dim=16)),
+                                            (sac, sac.SACConfig(actor_hidden_dim=16, critic_hidden_dim=16))],
+                         ids=["flowrl", "sac"])
+def test_observation_normalisation_uses_exact_running_statistics(module, config):
+    make = module.make_flowrl if module is flowrl else module.make_sac
+    plain = make(config, 3, 2)
+    normalised = make(dataclasses.replace(config, normalize_observations=True), 3, 2)
+    assert plain.init(jax.random.key(0)).obs_stats is None  # off by default: the state and `observe` stay as they are
+    state = plain.init(jax.random.key(0))
+    assert plain.observe(state, np.ones((4, 3), np.float32)) is state
+
+    rng = np.random.default_rng(0)
+    seen = [rng.normal([5.0, -2.0, 0.0], [3.0, 0.5, 1e-3], (n, 3)).astype(np.float32) for n in (1, 7, 16)]
+    state = normalised.init(jax.random.key(0))
+    for obs in seen:
+        state = jax.jit(normalised.observe)(state, obs)
+    everything = np.concatenate(seen)
+    assert float(state.obs_stats.count) == len(everything)
+    np.testing.assert_allclose(state.obs_stats.mean, everything.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.obs_stats.m2 / len(everything), everything.var(0), rtol=1e-4, atol=1e-9)
+
+    # act sees (obs − mean) / std: the same parameters acting on hand-normalised observations give the same actions
+    obs = rng.normal(size=(8, 3)).astype(np.float32)
+    by_hand = np.clip((obs - everything.mean(0)) / np.sqrt(everything.var(0) + 1e-8), -10, 10)
+    key = jax.random.key(3)
+    np.testing.assert_allclose(normalised.act(state, obs, key, True),
+                               plain.act(state.replace(obs_stats=None), by_hand, key, True), rtol=1e-4, atol=1e-5)
