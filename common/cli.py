@@ -14,7 +14,7 @@ from typing import Literal
 import tyro
 
 from common import resume
-from common.tasks import BACKENDS, format_task_list, resolve_task
+from common.tasks import format_task_list, resolve_task
 from common.logger import require_wandb
 
 

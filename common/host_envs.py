@@ -170,7 +170,8 @@ class _Pool:
         self.episode_steps = np.zeros(0, np.int64)
         self.calls = 0
         self.step_seconds = 0.0  # wall time in step(): the host's share of training (benchmarks/host_throughput.py)
-        self.layout = [(a.shape, a.dtype) for a in map(np.asarray, first.state_arrays())]
+        # Each env's snapshot row: its state arrays, then its episode step.
+        self.layout = [(a.shape, a.dtype) for a in map(np.asarray, first.state_arrays())] + [((1,), np.dtype(np.int64))]
         self.snapshot_bytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.layout)
 
     def _sync(self) -> np.ndarray:
@@ -243,10 +244,9 @@ class _Pool:
         for env in self.envs[:len(snapshot)]:
             env.reset(0)  # an env object starts an episode before it steps; the snapshot then replaces that state
         self.episode_steps = np.zeros(len(snapshot), np.int64)
-        layout = [*self.layout, ((1,), np.dtype(np.int64))]
         for i, row in enumerate(snapshot):
             arrays, offset = [], 0
-            for shape, dtype in layout:
+            for shape, dtype in self.layout:
                 size = math.prod(shape) * dtype.itemsize
                 arrays.append(row[offset:offset + size].view(dtype).reshape(shape))
                 offset += size
@@ -288,7 +288,7 @@ class HostBatchedEnv:
         self.action_size = len(first.action_low)
         self.action_low, self.action_high = first.action_low, first.action_high
         self.pool = _Pool(task, first, self.episode_length, threads or os.cpu_count() or 1)
-        self.snapshot_bytes = self.pool.snapshot_bytes + 8  # + the episode step
+        self.snapshot_bytes = self.pool.snapshot_bytes
         self._reset_call = self._host_call(self.pool.reset, lambda n: (
             jax.ShapeDtypeStruct((n, self.obs_size), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.int32)))
 

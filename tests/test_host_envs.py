@@ -2,7 +2,6 @@
 observations, truncation apart from termination and no dummy reset steps; then exact resume, determinism, vmapped
 seeds and both scripts end to end. Host physics needs no XLA compile, so only the small networks compile here."""
 
-import csv
 import dataclasses
 import subprocess
 import sys
@@ -15,10 +14,11 @@ import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
-from common import checkpoint, cli, training
+from common import cli, training
 from common.host_envs import HostBatchedEnv
 from common.tasks import dm_control_suite, resolve_task
 from common.training import make_env
+from tests.test_resume import leaves, table
 
 ROOT = Path(__file__).resolve().parents[1]
 E, KEY = 3, jax.random.key(7)
@@ -151,7 +151,6 @@ HOST = cli.script_args(flowrl.FlowRLConfig)(
     env="Hopper-v4", backend="gymnasium", num_envs=3, updates_per_iteration=1, batch_size=16, start_steps=18,
     hidden_dim=16, log_interval=6, total_steps=72, eval_interval=36, eval_episodes=2, episode_length=8,
     checkpoint_interval=36, keep_checkpoints=5, buffer_size=1000)
-TIMING = {"env_steps_per_s", "updates_per_s"}  # wall-clock columns: the only ones allowed to differ
 
 
 def host_run(root: Path, **changes) -> Path:
@@ -160,19 +159,10 @@ def host_run(root: Path, **changes) -> Path:
     return run_dir
 
 
-def table(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
-
-
-def final_leaves(run_dir: Path) -> dict:
-    return checkpoint.read_leaves(checkpoint.list_checkpoints(run_dir / "checkpoints")[-1])
-
-
 def assert_same_run(a: Path, b: Path) -> None:
     assert table(a / "metrics.csv") == table(b / "metrics.csv")
     assert table(a / "eval.csv") == table(b / "eval.csv")
-    expected, found = final_leaves(a), final_leaves(b)
+    expected, found = leaves(a), leaves(b)
     assert expected.keys() == found.keys()
     for name in expected:
         np.testing.assert_array_equal(found[name], expected[name], err_msg=name)
@@ -190,7 +180,7 @@ def test_host_runs_are_deterministic_and_resume_exactly(tmp_path):
     training.run(dataclasses.replace(HOST, run_root=str(tmp_path / "unused"), resume=str(half)), flowrl.make_flowrl,
                  "flowrl")
     assert_same_run(full, half)
-    snapshot = next(v for k, v in final_leaves(full).items() if v.dtype == np.uint8 and v.ndim == 2)
+    snapshot = next(v for k, v in leaves(full).items() if v.dtype == np.uint8 and v.ndim == 2)
     assert snapshot.shape[0] == HOST.num_envs and snapshot.any()  # the host envs' state is in the checkpoint
 
 
