@@ -205,6 +205,13 @@ def read_leaves(path: Path) -> dict[str, np.ndarray]:
     return {f"leaf_{i}": array for i, array in enumerate(stored)}
 
 
+def read_by_path(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """({leaf path as jax.tree_util.keystr writes it, e.g. ".learner.q['params']['Dense_0']['kernel']": the array as
+    stored}, the metadata saved with it) of a verified checkpoint: parts of a run's state, without its template."""
+    header, stored = _read(Path(path))
+    return {leaf["path"]: array for leaf, array in zip(header["leaves"], stored)}, header["metadata"]
+
+
 def _check_structure(path: Path, header: dict, template) -> None:
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     expected = {jax.tree_util.keystr(p): _spec(leaf) for p, leaf in paths_leaves}

@@ -431,3 +431,16 @@ def test_checkpoint_bytes_matches_the_file_size(tmp_path):
     payload = msgpack.unpackb(path.read_bytes())
     assert json.loads(payload["header"])["metadata"] == {"config": {"a": 1}, "step": 1}
     assert isinstance(payload["leaves"]["leaf_0"], msgpack.ExtType)
+
+
+def test_read_by_path_names_every_leaf_by_its_tree_path(tmp_path):
+    state = make_state()
+    path = checkpoint.save(tmp_path, 10, state, {"algo": "flowrl"}, keep=5)
+    arrays, metadata = checkpoint.read_by_path(path)
+    assert metadata == {"algo": "flowrl", "step": 10}
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    assert list(arrays) == [jax.tree_util.keystr(p) for p, _ in flat]
+    assert "['buffer'].data['obs']" in arrays
+    for (p, leaf), stored in zip(flat, arrays.values()):
+        if not jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # keys are stored as their key data
+            assert stored.tobytes() == np.asarray(leaf).tobytes(), jax.tree_util.keystr(p)  # bfloat16 as uint16 bits
