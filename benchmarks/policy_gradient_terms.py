@@ -2,7 +2,8 @@
 velocity field's parameters, of the Q term (−mean Q(s, π(s))) and of the flow-matching term (the weighted CFM error
 on buffer actions), and the cosine between the two gradients. With λ too large for a task, the flow-matching term
 (a weighted behaviour cloning of the replay buffer) outweighs or opposes Q-maximisation. Also printed: how steep the
-critic is in the action (mean |∂Q/∂a| at the policy's action), which sets the size of the Q term's gradient.
+critic is in the action (mean |∂Q/∂a| at the policy's action, beside the mean Q there), which sets the size of the Q
+term's gradient.
 
     python benchmarks/policy_gradient_terms.py runs/<run>/checkpoints/checkpoint_000000100000.msgpack
 
@@ -98,7 +99,8 @@ def measure(args: Args) -> tuple[dict, list[dict]]:
             policy_action, normalised)
         q_norm, cfm_norm = global_norm(q_grad), global_norm(cfm_grad)
         return dict(weight_mean=weights.mean(), q_term_grad=q_norm, cfm_term_grad=cfm_norm,
-                    cosine=dot / (q_norm * cfm_norm), dq_da=jnp.abs(action_slope).mean())
+                    cosine=dot / (q_norm * cfm_norm), q_policy=q_policy(state.policy).mean(),
+                    dq_da=jnp.abs(action_slope).mean())
 
     rng, per_seed = np.random.default_rng(args.seed), []
     for index in range(run_config["num_seeds"]):
@@ -124,7 +126,7 @@ def main(args: Args) -> None:
         print(f"  seed {config['seed'] + index}: mean weight {mean['weight_mean']:.3f} | "
               f"‖∇ Q term‖ {mean['q_term_grad']:.3f}, ‖∇ CFM term‖ {mean['cfm_term_grad']:.3f} "
               f"(ratio {mean['cfm_term_grad'] / mean['q_term_grad']:.2f}), cosine {mean['cosine']:+.2f} | "
-              f"mean |∂Q/∂a| {mean['dq_da']:.4f}")
+              f"mean Q(s, π(s)) {mean['q_policy']:.2f}, mean |∂Q/∂a| {mean['dq_da']:.4f}")
 
 
 if __name__ == "__main__":
