@@ -53,8 +53,8 @@ def restore_learner(template, arrays: dict, seed_index: int):
         for path, leaf in paths_leaves])
 
 
-def measure(args: Args) -> tuple[dict, list[dict]]:
-    """(the checkpoint's metadata, per seed the mean over batches of each quantity)."""
+def measure(args: Args) -> tuple[dict, flowrl_jax.FlowRLConfig, list[dict]]:
+    """(the checkpoint's metadata, the run's FlowRL config, per seed the mean over batches of each quantity)."""
     arrays, metadata = checkpoint.read_by_path(Path(args.checkpoint))
     if metadata.get("algo") != "flowrl":
         raise SystemExit(f"{args.checkpoint}: a {metadata.get('algo')} checkpoint, not a FlowRL one")
@@ -66,8 +66,8 @@ def measure(args: Args) -> tuple[dict, list[dict]]:
     observations, actions = arrays[".buffer.data['obs']"], arrays[".buffer.data['action']"]
     obs_size, action_size = observations.shape[-1], actions.shape[-1]
     flowrl = flowrl_jax.make_flowrl(config, obs_size, action_size)
-    q_net, velocity_net = flowrl_jax.twin_critic(config.hidden_dim), flowrl_jax.VelocityField(config.hidden_dim,
-                                                                                              action_size)
+    q_net = flowrl_jax.twin_critic(config.hidden_dim)
+    velocity_net = flowrl_jax.VelocityField(config.hidden_dim, action_size)
     template = flowrl.init(jax.random.key(0))
     batch_size = run_config["batch_size"]
 
@@ -79,8 +79,10 @@ def measure(args: Args) -> tuple[dict, list[dict]]:
         def q_policy(params):
             return q_net.apply(state.q, normalised, flowrl.act(state.replace(policy=params), obs, policy_key)).min(0)
 
+        policy_action = flowrl.act(state, obs, policy_key)
+        q_at_policy = q_net.apply(state.q, normalised, policy_action).min(0)
         weights = flowrl_jax.flow_matching_weights(q_net.apply(state.q_beta, normalised, action).min(0),
-                                                   q_policy(state.policy), config.lagrange)
+                                                   q_at_policy, config.lagrange)
         t = jax.random.uniform(time_key, (batch_size, 1))
         x_t, target_velocity = flowrl_jax.flow_matching_pairs(
             action, flowrl_jax.clipped_noise(noise_key, action.shape), t)
@@ -94,12 +96,11 @@ def measure(args: Args) -> tuple[dict, list[dict]]:
 
         q_grad, cfm_grad = jax.grad(q_term)(state.policy), jax.grad(cfm_term)(state.policy)
         dot = sum((a * b).sum() for a, b in zip(jax.tree.leaves(q_grad), jax.tree.leaves(cfm_grad)))
-        policy_action = flowrl.act(state, obs, policy_key)
         action_slope = jax.vmap(jax.grad(lambda a, s: q_net.apply(state.q, s[None], a[None]).min(0)[0]))(
             policy_action, normalised)
         q_norm, cfm_norm = global_norm(q_grad), global_norm(cfm_grad)
         return dict(weight_mean=weights.mean(), q_term_grad=q_norm, cfm_term_grad=cfm_norm,
-                    cosine=dot / (q_norm * cfm_norm), q_policy=q_policy(state.policy).mean(),
+                    cosine=dot / (q_norm * cfm_norm), q_policy=q_at_policy.mean(),
                     dq_da=jnp.abs(action_slope).mean())
 
     rng, per_seed = np.random.default_rng(args.seed), []
@@ -113,17 +114,16 @@ def measure(args: Args) -> tuple[dict, list[dict]]:
             rows.append(terms(state, jnp.asarray(seed_obs[picked]), jnp.asarray(seed_actions[picked]),
                               jax.random.key(args.seed * 1000 + batch)))
         per_seed.append({name: float(np.mean([row[name] for row in rows])) for name in rows[0]})
-    return metadata, per_seed
+    return metadata, config, per_seed
 
 
 def main(args: Args) -> None:
-    metadata, per_seed = measure(args)
-    config = metadata["config"]
-    print(f"{args.checkpoint} (step {metadata['step']}, λ {config.get('lagrange')}, width {config['hidden_dim']}, "
-          f"policy loss {config.get('policy_loss', 'reference')}, {args.batches} batches of {config['batch_size']} "
-          f"per seed)")
+    metadata, config, per_seed = measure(args)
+    run_config = metadata["config"]
+    print(f"{args.checkpoint} (step {metadata['step']}, λ {config.lagrange}, width {config.hidden_dim}, "
+          f"policy loss {config.policy_loss}, {args.batches} batches of {run_config['batch_size']} per seed)")
     for index, mean in enumerate(per_seed):
-        print(f"  seed {config['seed'] + index}: mean weight {mean['weight_mean']:.3f} | "
+        print(f"  seed {run_config['seed'] + index}: mean weight {mean['weight_mean']:.3f} | "
               f"‖∇ Q term‖ {mean['q_term_grad']:.3f}, ‖∇ CFM term‖ {mean['cfm_term_grad']:.3f} "
               f"(ratio {mean['cfm_term_grad'] / mean['q_term_grad']:.2f}), cosine {mean['cosine']:+.2f} | "
               f"mean Q(s, π(s)) {mean['q_policy']:.2f}, mean |∂Q/∂a| {mean['dq_da']:.4f}")

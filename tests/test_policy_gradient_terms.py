@@ -43,7 +43,7 @@ def test_the_flow_matching_term_scales_with_the_runs_lambda(tmp_path):
     for lagrange in (0.01, 0.1):
         (tmp_path / str(lagrange)).mkdir()
         path, _, _ = save_two_seed_run(tmp_path / str(lagrange), lagrange)
-        metadata, measured[lagrange] = policy_gradient_terms.measure(
+        metadata, _, measured[lagrange] = policy_gradient_terms.measure(
             policy_gradient_terms.Args(checkpoint=str(path), batches=2))
         assert metadata["config"]["lagrange"] == lagrange and len(measured[lagrange]) == 2
     for small, large in zip(measured[0.01], measured[0.1]):
