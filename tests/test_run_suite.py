@@ -2,12 +2,16 @@
 
 import csv
 import dataclasses
+import json
 import sys
+from pathlib import Path
 
 import pytest
 
 from benchmarks import run_suite
 from benchmarks.run_suite import Args
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def test_named_suite_plans_every_task_and_algorithm_with_its_budget():
@@ -45,6 +49,16 @@ def test_published_benchmark_suites_run_their_backend_in_paper_mode(suite, backe
         assert (job.num_seeds, job.total_steps) == (5, 1_000_000)
     with pytest.raises(ValueError, match="close matches: dog-run"):
         run_suite.plan(Args(suite="dmc-paper", tasks=("dog-rn",)))
+
+
+@pytest.mark.parametrize("task", ["cheetah-run", "walker-walk"])
+def test_dmc_200k_suite_reruns_the_committed_runs_exactly(task):
+    """Every flag of the suite's commands equals the saved config of the run whose curve is committed."""
+    for job in run_suite.plan(Args(suite="dmc-200k", tasks=(task,))):
+        saved = json.loads((RESULTS / "dmc-200k" / task / f"{job.algo}_config.json").read_text())
+        flags = dict(zip(job.flags[::2], job.flags[1::2]))
+        assert {flag: str(saved[flag[2:].replace("-", "_")]) for flag in flags} == flags
+        assert (saved["seed"], saved["num_seeds"], saved["total_steps"]) == (1, job.num_seeds, job.total_steps)
 
 
 @pytest.mark.parametrize("args, message", [
