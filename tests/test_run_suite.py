@@ -55,7 +55,7 @@ def test_published_benchmark_suites_run_their_backend_in_paper_mode(suite, backe
 def test_dmc_200k_suite_reruns_the_committed_runs_exactly(task):
     """Every flag of the suite's commands equals the saved config of the run whose curve is committed."""
     for job in run_suite.plan(Args(suite="dmc-200k", tasks=(task,))):
-        saved = json.loads((RESULTS / "dmc-200k" / task / f"{job.algo}_config.json").read_text())
+        saved = json.loads((RESULTS / "dmc-200k" / task / "raw" / f"{job.algo}_config.json").read_text())
         flags = dict(zip(job.flags[::2], job.flags[1::2]))
         assert {flag: str(saved[flag[2:].replace("-", "_")]) for flag in flags} == flags
         assert (saved["seed"], saved["num_seeds"], saved["total_steps"]) == (1, job.num_seeds, job.total_steps)
