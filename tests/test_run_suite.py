@@ -4,14 +4,13 @@ import csv
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from benchmarks import run_suite
 from benchmarks.run_suite import Args
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = run_suite.ROOT / Args().results_root  # where the suite writes, so the test reads what it wrote
 
 
 def test_named_suite_plans_every_task_and_algorithm_with_its_budget():
