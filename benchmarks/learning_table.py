@@ -3,6 +3,7 @@ three evaluations, and the largest drop after the curve first reaches 90 % of it
 once it has learned). Judges final performance, never the best evaluation.
 
     python benchmarks/learning_table.py benchmarks/results/learning_cpu/flowrl_cartpole_balance_rho0.95.csv
+    python benchmarks/learning_table.py a.csv b.csv --plot curves.png   # also one panel of curves per file
 """
 
 import dataclasses
@@ -14,7 +15,7 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.plotting import read_eval_csv  # noqa: E402
+from common.plotting import plot_learning_curves, read_eval_csv  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -23,6 +24,8 @@ class Args:
     """eval.csv files (one run each, any number of seeds)."""
     mode: str = "stochastic"
     """Evaluation mode to summarise (`stochastic` or `deterministic`)."""
+    plot: str | None = None
+    """Also draw every file's curves (each seed and their mean, every eval mode), one panel per file, to this PNG."""
 
 
 def largest_drop(returns: list[float]) -> float:
@@ -66,6 +69,8 @@ def main() -> None:
               f"{min(finals):.0f}–{max(finals):.0f} | last 3: mean {statistics.mean(last_three):.0f}, range "
               f"{min(last_three):.0f}–{max(last_three):.0f} | largest drop: mean {statistics.mean(drops):.0f}, "
               f"max {max(drops):.0f}")
+    if args.plot:
+        print(f"curves: {plot_learning_curves([Path(path) for path in args.paths], Path(args.plot))}")
 
 
 if __name__ == "__main__":

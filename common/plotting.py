@@ -33,7 +33,28 @@ def plot_learning_curve(eval_csv: Path, png_path: Path, title: str) -> Path:
         raise ValueError(f"{eval_csv} has no eval rows to plot")
     # A bare Figure renders PNGs with Agg and leaves pyplot's global backend alone (headless-safe).
     fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    draw_learning_curve(fig.add_subplot(), data, title)
+    fig.savefig(png_path, dpi=120)
+    return Path(png_path)
+
+
+def plot_learning_curves(eval_csvs: list[Path], png_path: Path, columns: int = 3) -> Path:
+    """One panel per eval.csv (titled by its file name), on a shared return axis, so that runs compare by eye."""
+    rows = -(-len(eval_csvs) // columns)
+    fig = Figure(figsize=(4.5 * min(columns, len(eval_csvs)), 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, min(columns, len(eval_csvs)), squeeze=False, sharey=True)
+    for ax, path in zip(axes.flat, eval_csvs):
+        data = read_eval_csv(path)
+        if not len(data["step"]):
+            raise ValueError(f"{path} has no eval rows to plot")
+        draw_learning_curve(ax, data, Path(path).stem)
+    for ax in axes.flat[len(eval_csvs):]:
+        ax.set_axis_off()
+    fig.savefig(png_path, dpi=110)
+    return Path(png_path)
+
+
+def draw_learning_curve(ax, data: dict[str, np.ndarray], title: str) -> None:
     seeds = np.unique(data["seed"])
     for mode in dict.fromkeys(data["mode"]):  # modes in order of first appearance
         per_seed = []
@@ -56,5 +77,3 @@ def plot_learning_curve(eval_csv: Path, png_path: Path, title: str) -> Path:
     ax.xaxis.set_major_formatter(EngFormatter())  # 500k, 1M rather than an offset like 1e6
     ax.grid(alpha=0.3)
     ax.legend(title="eval mode")
-    fig.savefig(png_path, dpi=120)
-    return Path(png_path)

@@ -1,6 +1,7 @@
 """Benchmark statistics (IQM, bootstrap and stratified-bootstrap CIs) and the suite plotter, on hand-checked data."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,31 @@ def test_learning_table_largest_drop_counts_only_after_the_curve_nears_its_best(
     # (980 -> 400) does.
     assert largest_drop([500.0, 200.0, 950.0, 980.0, 400.0, 1000.0]) == pytest.approx(580.0)
     assert largest_drop([100.0, 400.0, 990.0, 1000.0]) == 0.0  # a climb that never falls back
+
+
+def test_learning_table_plots_one_panel_per_file_and_names_an_empty_one(tmp_path, capsys, monkeypatch):
+    import matplotlib.image as mpimg
+
+    from benchmarks import learning_table
+
+    header = "step,seed,mode,return_mean,return_std\n"
+    paths = []
+    for name, offset in (("rho0.95", 0.0), ("rho0.05", 100.0)):
+        path = tmp_path / f"{name}.csv"
+        path.write_text(header + "".join(f"{step},{seed},stochastic,{offset + step / 10 + seed},1.0\n"
+                                         for step in (1000, 2000, 3000) for seed in (1, 2)))
+        paths.append(str(path))
+    png = tmp_path / "curves.png"
+    monkeypatch.setattr("sys.argv", ["learning_table.py", *paths, "--plot", str(png)])
+    learning_table.main()
+    out = capsys.readouterr().out
+    assert "final: mean 402, median 402, range 401–402" in out  # rho0.05: 100 + 3000/10 + seed
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    pixels = mpimg.imread(png)
+    assert pixels.shape[1] > 2 * pixels.shape[0]  # two panels side by side
+    assert pixels.std() > 0.05
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text(header)
+    with pytest.raises(ValueError, match="empty.csv has no eval rows"):
+        learning_table.plot_learning_curves([Path(paths[0]), empty], tmp_path / "bad.png")
