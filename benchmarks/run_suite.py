@@ -49,11 +49,14 @@ class Suite:
 PAPER_MODE = ("--num-envs", "1", "--updates-per-iteration", "1", "--batch-size", "256")
 
 SUITES = {
-    # Cheap tasks and small networks, sized so the whole suite runs in about an hour on the 2-core CPU machine
-    # (measured: see the README). The update-to-data ratio is 1/4 (32 envs, 8 updates per step) to fit the budget.
+    # Dense-reward tasks that both algorithms learn within 10 k updates, with small networks, sized so the whole
+    # suite runs in about an hour on the 2-core CPU machine (measured: see the README). The update-to-data ratio is
+    # 1/4 (32 envs, 8 updates per step) to fit the budget. The sparse tasks (pendulum-swingup, point-mass-easy) and
+    # cheetah-run stayed near a random policy's return at this budget (2026-11-22); cheetah-run has a budget of its
+    # own in dmc-200k.
     "cpu": Suite(
-        tasks={"cartpole-swingup": 40_000, "pendulum-swingup": 40_000, "point-mass-easy": 40_000,
-               "reacher-easy": 40_000, "cheetah-run": 40_000},
+        tasks={"walker-stand": 40_000, "finger-spin": 40_000, "cartpole-balance": 40_000,
+               "cartpole-swingup": 40_000, "reacher-easy": 40_000},
         num_seeds=3,
         flags=("--num-envs", "32", "--updates-per-iteration", "8", "--batch-size", "256", "--start-steps", "2560",
                "--log-interval", "2048", "--eval-episodes", "5", "--buffer-size", "100000"),
