@@ -10,7 +10,7 @@ algorithm in your own code"). `make_flowrl(config, obs_size, action_size)` gives
 `update(state, batch, key)`. The reference's layers are also written out in sac_jax.py, so that each file stands alone.
 Only `main` at the bottom uses this repository's harness (common/: MJX envs, replay, the compiled chunk of
 {act → step E envs → store → U updates}, logging, checkpoints).
-Paper mode (the reference implementation): `--num-envs 1 --updates-per-iteration 1 --batch-size 256`.
+Paper mode (the reference implementation): `--num-envs 1 --updates-per-iteration 1 --batch-size 256 --target-rate 0.95`.
 """
 
 import dataclasses
@@ -26,7 +26,8 @@ from flax import struct
 
 @dataclasses.dataclass
 class FlowRLConfig:
-    """FlowRL's hyperparameters; the defaults are the reference implementation's."""
+    """FlowRL's hyperparameters; the defaults are the reference implementation's, except ρ (`--target-rate 0.95`
+    restores the reference)."""
 
     hidden_dim: int = 512
     """Width of the velocity field and of every critic."""
@@ -36,8 +37,9 @@ class FlowRLConfig:
     """λ: scale of the flow-matching weight, clipped to [1e-3, 1]."""
     expectile: float = 0.9
     """τ of the expectile loss for the behaviour-optimal value V_β (reference suggests 0.8 for harder tasks)."""
-    target_rate: float = 0.95
-    """ρ: target ← (1-ρ)·target + ρ·online, applied every `policy_delay` updates (reference 0.95: a near copy)."""
+    target_rate: float = 0.05
+    """ρ: target ← (1-ρ)·target + ρ·online, applied every `policy_delay` updates. The reference's 0.95 (a near copy)
+    makes curves dip and learns cheetah-run far more slowly; 0.05 was better on every task measured (README)."""
     policy_delay: int = 2
     """The policy and the targets move on one update in `policy_delay`, from the first on."""
     policy_loss: Literal["reference", "paper"] = "reference"

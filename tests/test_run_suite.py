@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import flowrl_jax as flowrl
+import sac_jax as sac
 from benchmarks import run_suite
 from benchmarks.run_suite import Args
 
@@ -43,8 +45,10 @@ def test_published_benchmark_suites_run_their_backend_in_paper_mode(suite, backe
     assert {job.task for job in jobs} == tasks and {job.algo for job in jobs} == {"flowrl", "sac"}
     for job in jobs:
         flags = dict(zip(job.flags[::2], job.flags[1::2]))
+        # Paper mode is the reference implementation: FlowRL's default ρ is not the reference's 0.95, so it is passed.
+        reference_rho = {"--target-rate": "0.95"} if job.algo == "flowrl" else {}
         assert flags == {"--num-envs": "1", "--updates-per-iteration": "1", "--batch-size": "256",
-                         "--backend": backend, "--eval-interval": "10000"}
+                         "--backend": backend, "--eval-interval": "10000", **reference_rho}
         assert (job.num_seeds, job.total_steps) == (5, 1_000_000)
     with pytest.raises(ValueError, match="close matches: dog-run"):
         run_suite.plan(Args(suite="dmc-paper", tasks=("dog-rn",)))
@@ -52,11 +56,19 @@ def test_published_benchmark_suites_run_their_backend_in_paper_mode(suite, backe
 
 @pytest.mark.parametrize("task", ["cheetah-run", "walker-walk"])
 def test_dmc_200k_suite_reruns_the_committed_runs_exactly(task):
-    """Every flag of the suite's commands equals the saved config of the run whose curve is committed."""
+    """Every flag of the suite's commands, and every hyperparameter that it leaves at its default, equals the saved
+    config of the run whose curve is committed (so a changed default cannot silently change what the suite reruns)."""
     for job in run_suite.plan(Args(suite="dmc-200k", tasks=(task,))):
         saved = json.loads((RESULTS / "dmc-200k" / task / "raw" / f"{job.algo}_config.json").read_text())
         flags = dict(zip(job.flags[::2], job.flags[1::2]))
         assert {flag: str(saved[flag[2:].replace("-", "_")]) for flag in flags} == flags
+        config_class = {"flowrl": flowrl.FlowRLConfig, "sac": sac.SACConfig}[job.algo]
+        for name, default in dataclasses.asdict(config_class()).items():
+            flag = "--" + name.replace("_", "-")
+            if default is None and flag not in flags:
+                continue  # resolved when the run starts (target entropy −|A|, the critic's width), saved resolved
+            # A hyperparameter added after the run started is absent from its config: it kept the default behaviour.
+            assert str(saved.get(name, default)) == flags.get(flag, str(default)), (job.algo, name)
         assert (saved["seed"], saved["num_seeds"], saved["total_steps"]) == (1, job.num_seeds, job.total_steps)
 
 
