@@ -38,8 +38,8 @@ class FlowRLConfig:
     expectile: float = 0.9
     """τ of the expectile loss for the behaviour-optimal value V_β (reference suggests 0.8 for harder tasks)."""
     target_rate: float = 0.05
-    """ρ: target ← (1-ρ)·target + ρ·online, applied every `policy_delay` updates. The reference's 0.95 (a near copy)
-    makes curves dip and learns cheetah-run far more slowly; 0.05 was better on every task measured (README)."""
+    """ρ: target ← (1-ρ)·target + ρ·online, applied every `policy_delay` updates. The reference's 0.95 (a near
+    copy) makes curves dip and learns cheetah-run far more slowly; 0.05 was better on every task measured (README)."""
     policy_delay: int = 2
     """The policy and the targets move on one update in `policy_delay`, from the first on."""
     policy_loss: Literal["reference", "paper"] = "reference"
