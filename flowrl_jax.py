@@ -10,7 +10,8 @@ algorithm in your own code"). `make_flowrl(config, obs_size, action_size)` gives
 `update(state, batch, key)`. The reference's layers are also written out in sac_jax.py, so that each file stands alone.
 Only `main` at the bottom uses this repository's harness (common/: MJX envs, replay, the compiled chunk of
 {act → step E envs → store → U updates}, logging, checkpoints).
-Paper mode (the reference implementation): `--num-envs 1 --updates-per-iteration 1 --batch-size 256 --target-rate 0.95`.
+Paper mode (the reference implementation):
+`--num-envs 1 --updates-per-iteration 1 --batch-size 256 --target-rate 0.95`.
 """
 
 import dataclasses

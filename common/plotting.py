@@ -55,6 +55,7 @@ def plot_learning_curves(eval_csvs: list[Path], png_path: Path, columns: int = 3
 
 
 def draw_learning_curve(ax, data: dict[str, np.ndarray], title: str) -> None:
+    """Draw one run's eval curves (`read_eval_csv`'s columns) on `ax`."""
     seeds = np.unique(data["seed"])
     for mode in dict.fromkeys(data["mode"]):  # modes in order of first appearance
         per_seed = []
