@@ -51,8 +51,8 @@ def curves(path: str, mode: str) -> dict[int, list[float]]:
     return curves_by_seed
 
 
-def main() -> None:
-    args = tyro.cli(Args)
+def main(argv: list[str] | None = None) -> None:
+    args = tyro.cli(Args, args=argv)
     for path in args.paths:
         runs = curves(path, args.mode)
         print(f"{path} ({args.mode})")

@@ -28,9 +28,7 @@ def read_eval_csv(path) -> dict[str, np.ndarray]:
 def plot_learning_curve(eval_csv: Path, png_path: Path, title: str) -> Path:
     """One line per eval mode: for one seed, the mean eval return with a ±std band over the eval episodes; for
     several, the mean over seeds with a thin line per seed."""
-    data = read_eval_csv(eval_csv)
-    if not len(data["step"]):
-        raise ValueError(f"{eval_csv} has no eval rows to plot")
+    data = eval_rows_to_plot(eval_csv)
     # A bare Figure renders PNGs with Agg and leaves pyplot's global backend alone (headless-safe).
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     draw_learning_curve(fig.add_subplot(), data, title)
@@ -40,18 +38,24 @@ def plot_learning_curve(eval_csv: Path, png_path: Path, title: str) -> Path:
 
 def plot_learning_curves(eval_csvs: list[Path], png_path: Path, columns: int = 3) -> Path:
     """One panel per eval.csv (titled by its file name), on a shared return axis, so that runs compare by eye."""
+    columns = min(columns, len(eval_csvs))
     rows = -(-len(eval_csvs) // columns)
-    fig = Figure(figsize=(4.5 * min(columns, len(eval_csvs)), 3.4 * rows), layout="constrained")
-    axes = fig.subplots(rows, min(columns, len(eval_csvs)), squeeze=False, sharey=True)
+    fig = Figure(figsize=(4.5 * columns, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False, sharey=True)
     for ax, path in zip(axes.flat, eval_csvs):
-        data = read_eval_csv(path)
-        if not len(data["step"]):
-            raise ValueError(f"{path} has no eval rows to plot")
-        draw_learning_curve(ax, data, Path(path).stem)
+        draw_learning_curve(ax, eval_rows_to_plot(path), Path(path).stem)
     for ax in axes.flat[len(eval_csvs):]:
         ax.set_axis_off()
     fig.savefig(png_path, dpi=110)
     return Path(png_path)
+
+
+def eval_rows_to_plot(eval_csv) -> dict[str, np.ndarray]:
+    """`read_eval_csv`, refusing a file without evaluations (nothing to draw)."""
+    data = read_eval_csv(eval_csv)
+    if not len(data["step"]):
+        raise ValueError(f"{eval_csv} has no eval rows to plot")
+    return data
 
 
 def draw_learning_curve(ax, data: dict[str, np.ndarray], title: str) -> None:

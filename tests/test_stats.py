@@ -228,7 +228,7 @@ def test_learning_table_largest_drop_counts_only_after_the_curve_nears_its_best(
     assert largest_drop([100.0, 400.0, 990.0, 1000.0]) == 0.0  # a climb that never falls back
 
 
-def test_learning_table_plots_one_panel_per_file_and_names_an_empty_one(tmp_path, capsys, monkeypatch):
+def test_learning_table_plots_one_panel_per_file_and_names_an_empty_one(tmp_path, capsys):
     import matplotlib.image as mpimg
 
     from benchmarks import learning_table
@@ -241,8 +241,7 @@ def test_learning_table_plots_one_panel_per_file_and_names_an_empty_one(tmp_path
                                          for step in (1000, 2000, 3000) for seed in (1, 2)))
         paths.append(str(path))
     png = tmp_path / "curves.png"
-    monkeypatch.setattr("sys.argv", ["learning_table.py", *paths, "--plot", str(png)])
-    learning_table.main()
+    learning_table.main([*paths, "--plot", str(png)])
     out = capsys.readouterr().out
     assert "final: mean 402, median 402, range 401–402" in out  # rho0.05: 100 + 3000/10 + seed
     assert png.read_bytes()[:8] == PNG_MAGIC
