@@ -56,7 +56,7 @@ class FlowRLConfig:
     """Discount."""
     recent_window: int = 2048
     """Newest transitions that the recent share of each batch is drawn from (`update` takes whatever batch it is
-    given; this and `recent_fraction` say how the reference draws it)."""
+    given; this and `recent_fraction` say how the reference draws it: `FlowRL.recent_share`)."""
     recent_fraction: float = 0.2
     """Share of each batch drawn from the recent window (the rest is uniform over the buffer)."""
 
@@ -246,6 +246,10 @@ class FlowRL(NamedTuple):
         `policy_delay` of the policy and the targets, on a batch, a dict of arrays obs [B, obs_size], action
         [B, action_size] (in [-1, 1]), reward [B], next_obs [B, obs_size] and mask [B] (0 where the episode truly
         terminated, 1 otherwise: time limits still bootstrap)
+    policy_updated(state) -> bool: whether the update that produced `state` moved the policy and the targets
+    policy_metric_names: the metrics only those updates compute (zeros on the others)
+    lockstep_fields: the state's step counter, equal across seeds trained together
+    recent_share: (recent_fraction, recent_window), how the reference draws each batch from the replay
     """
 
     config: FlowRLConfig
@@ -253,7 +257,10 @@ class FlowRL(NamedTuple):
     observe: Callable
     act: Callable
     update: Callable
-    policy_metric_names: tuple[str, ...]  # metrics only a policy update computes: zeros on the others
+    policy_updated: Callable
+    policy_metric_names: tuple[str, ...]
+    lockstep_fields: tuple[str, ...]
+    recent_share: tuple[float, int]
 
 
 POLICY_METRIC_NAMES = ("policy_loss", "q_policy", "cfm_error", "weight_mean", "weight_min", "weight_max")
@@ -350,8 +357,8 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
             x_t, target_velocity = flow_matching_pairs(action, clipped_noise(cfm_noise_key, action.shape), t)
             cfm_error = ((velocity_net.apply(params, obs, x_t, t) - target_velocity) ** 2).mean(-1)
             loss = policy_objective(q_policy, cfm_error, weights, config.policy_loss)
-            return loss, dict(policy_loss=loss, q_policy=q_policy.mean(), cfm_error=cfm_error.mean(),
-                              weight_mean=weights.mean(), weight_min=weights.min(), weight_max=weights.max())
+            values = (loss, q_policy.mean(), cfm_error.mean(), weights.mean(), weights.min(), weights.max())
+            return loss, dict(zip(POLICY_METRIC_NAMES, values))
 
         def policy_and_targets(_):
             grads, metrics = jax.grad(policy_loss_fn, has_aux=True)(state.policy)
@@ -361,8 +368,7 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
             return policy, policy_opt, q_target, q_beta_target, metrics
 
         def unchanged(_):
-            metric_shapes = jax.eval_shape(lambda: jax.grad(policy_loss_fn, has_aux=True)(state.policy)[1])
-            metrics = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), metric_shapes)
+            metrics = {name: jnp.float32(0.0) for name in POLICY_METRIC_NAMES}
             return state.policy, state.policy_opt, state.q_target, state.q_beta_target, metrics
 
         policy, policy_opt, q_target, q_beta_target, policy_metrics = jax.lax.cond(
@@ -375,11 +381,15 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
         )
         metrics = dict(critic_loss=q_loss, q_mean=q_values.mean(), q_beta_loss=q_beta_loss,
                        q_beta_mean=q_beta_values.mean(), v_beta_loss=v_loss, v_beta_mean=v_values.mean(),
-                       policy_updated=policy_step.astype(jnp.float32), **policy_metrics)
+                       **policy_metrics)
         return state, metrics
 
-    return FlowRL(config=config, init=init, observe=observe, act=act, update=update,
-                  policy_metric_names=POLICY_METRIC_NAMES)
+    def policy_updated(state: FlowRLState):
+        return is_policy_update(state.updates, config.policy_delay)
+
+    return FlowRL(config=config, init=init, observe=observe, act=act, update=update, policy_updated=policy_updated,
+                  policy_metric_names=POLICY_METRIC_NAMES, lockstep_fields=("updates",),
+                  recent_share=(config.recent_fraction, config.recent_window))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -245,6 +245,10 @@ class SAC(NamedTuple):
     update(state, batch, key) -> (state, metrics): critics, actor, temperature, then Polyak targets, on a batch, a
         dict of arrays obs [B, obs_size], action [B, action_size] (in [-1, 1]), reward [B], next_obs [B, obs_size]
         and mask [B] (0 where the episode truly terminated, 1 otherwise: time limits still bootstrap)
+    policy_updated(state) -> True: SAC moves its actor on every update
+    policy_metric_names: none (every metric is computed on every update)
+    lockstep_fields: the state's step counter, equal across seeds trained together
+    recent_share: None, batches are drawn uniformly over the replay
     """
 
     config: SACConfig
@@ -252,7 +256,10 @@ class SAC(NamedTuple):
     observe: Callable
     act: Callable
     update: Callable
-    policy_metric_names: tuple[str, ...] = ()  # SAC moves its actor on every update
+    policy_updated: Callable
+    policy_metric_names: tuple[str, ...] = ()
+    lockstep_fields: tuple[str, ...] = ("updates",)
+    recent_share: tuple[float, int] | None = None
 
 
 def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
@@ -337,7 +344,8 @@ def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
                        temperature=temperature, temperature_loss=temperature_loss)
         return state, metrics
 
-    return SAC(config=config, init=init, observe=observe, act=act, update=update)
+    return SAC(config=config, init=init, observe=observe, act=act, update=update,
+               policy_updated=lambda state: jnp.bool_(True))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -14,4 +14,4 @@ def script_args(algo: str) -> type:
 
 
 def make_trainer(algo: str, run_args, env: BatchedEnv, eval_env: BatchedEnv) -> training.Trainer:
-    return training.make_trainer(run_args, ALGORITHMS[algo][1], env, eval_env)
+    return training.make_trainer(*run_args.split(), ALGORITHMS[algo][1], env, eval_env)

@@ -28,7 +28,7 @@ import tyro
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.record import append_row, provenance  # noqa: E402
-from common.cli import require_positive  # noqa: E402
+from common.checks import require_positive  # noqa: E402
 from common.tasks import resolve_task  # noqa: E402
 from common.plotting import read_eval_csv  # noqa: E402
 
@@ -146,7 +146,9 @@ def plan(args: Args) -> list[Job]:
     unknown = [task for task in args.tasks if task not in suite.tasks]
     if unknown:
         raise ValueError(f"--tasks: {unknown} not in suite {args.suite!r} ({', '.join(suite.tasks)})")
-    require_positive(args, *(name for name in ("num_seeds", "total_steps") if getattr(args, name) is not None))
+    for name in ("num_seeds", "total_steps"):
+        if getattr(args, name) is not None:
+            require_positive(name, getattr(args, name))
     num_seeds = args.num_seeds or suite.num_seeds
     jobs = []
     for task, budget in suite.tasks.items():

@@ -1,9 +1,11 @@
 """Command line shared by every algorithm: the run flags, how they join an algorithm's config, their checks, and
 `--env list`.
 
-A script's flags are its algorithm's config fields (hyperparameters, defined in the algorithm file) plus the run
-flags below (`script_args`). Every check runs before anything compiles; a bad value exits with code 2 and one line
-naming the flag.
+A script's command line is its algorithm's config fields (hyperparameters, defined in the algorithm file) plus the
+run flags below (`script_args`). Parsing gives one flat object, as the command line is flat; `split()` turns it into
+the two objects the harness works with, the run's `RunArgs` and the algorithm's own config, and nothing past the
+parser sees the flat one. Every check runs before any env is built or anything compiles; a bad value exits with code
+2 and one line naming the flag.
 """
 
 import dataclasses
@@ -14,8 +16,9 @@ from typing import Literal
 import tyro
 
 from common import resume
+from common.checks import flag, require_positive
+from common.contract import MakeAlgorithm
 from common.tasks import format_task_list, resolve_task
-from common.logger import require_wandb
 
 
 @dataclasses.dataclass
@@ -73,24 +76,22 @@ class RunArgs:
     """W&B project name."""
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def require_positive(args, *names: str) -> None:
-    for name in names:
-        if getattr(args, name) < 1:
-            raise ValueError(f"{flag(name)} must be a positive integer (≥ 1), got {getattr(args, name)}")
+def require_wandb() -> None:
+    """Fail before anything compiles rather than after minutes of JIT."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError as e:
+        raise ValueError("--wandb needs the wandb package, which is not installed: pip install wandb") from e
 
 
 def validate_run_args(args: RunArgs) -> None:
     """The checks every algorithm shares (env name, counts, and the E / U / batch / buffer consistency)."""
     resolve_task(args.env, args.backend)
-    require_positive(args, "num_seeds", "num_envs", "total_steps", "updates_per_iteration", "batch_size",
-                     "buffer_size", "eval_interval", "eval_episodes", "log_interval", "checkpoint_interval",
-                     "keep_checkpoints")
+    for name in ("num_seeds", "num_envs", "total_steps", "updates_per_iteration", "batch_size", "buffer_size",
+                 "eval_interval", "eval_episodes", "log_interval", "checkpoint_interval", "keep_checkpoints"):
+        require_positive(name, getattr(args, name))
     if args.episode_length is not None:
-        require_positive(args, "episode_length")
+        require_positive("episode_length", args.episode_length)
     if args.host_threads < 0:
         raise ValueError(f"--host-threads must be ≥ 0 (0: one per CPU core), got {args.host_threads}")
     if not 0 <= args.start_steps < args.total_steps:
@@ -104,22 +105,34 @@ def validate_run_args(args: RunArgs) -> None:
     if args.batch_size > stored:
         raise ValueError(f"--batch-size must be ≤ {stored}, the transitions stored at the first update "
                          f"(--start-steps={args.start_steps}, --num-envs={args.num_envs}), got {args.batch_size}")
-    recent_window = getattr(args, "recent_window", None)  # FlowRL's recent share of each batch (common.training)
-    if recent_window is not None and recent_window > args.buffer_size:
-        raise ValueError(f"--recent-window must be ≤ --buffer-size={args.buffer_size}, got {recent_window}")
     if args.wandb:
         require_wandb()
 
 
+def validate_algorithm(args: RunArgs, config, make_agent: MakeAlgorithm) -> None:
+    """The algorithm's checks of its config (its `make`, at sizes 1: nothing is built), and its batch recipe
+    against the replay."""
+    agent = make_agent(config, 1, 1)
+    if agent.recent_share is not None and agent.recent_share[1] > args.buffer_size:
+        raise ValueError(f"--recent-window must be ≤ --buffer-size={args.buffer_size}, got {agent.recent_share[1]}")
+
+
 @functools.cache
 def script_args(config_class: type) -> type:
-    """The flags of an algorithm's script: the run flags, then its config's fields (hyperparameters), in that order
-    in `--help`. The class is the config's subclass, so the algorithm's `make` takes it as its config."""
-    return dataclasses.dataclass(type(f"{config_class.__name__}Args", (config_class, RunArgs),
-                                      {"__doc__": config_class.__doc__}))
+    """The command line of an algorithm's script: the run flags, then its config's fields (hyperparameters), in
+    that order in `--help`, as one flat dataclass. Its `split()` gives (RunArgs, config_class instance)."""
+
+    def split(flags) -> tuple[RunArgs, object]:
+        values = dataclasses.asdict(flags)
+        return (RunArgs(**{f.name: values[f.name] for f in dataclasses.fields(RunArgs)}),
+                config_class(**{f.name: values[f.name] for f in dataclasses.fields(config_class)}))
+
+    # Inheriting both lets tyro read each field's docstring where it is defined.
+    return dataclasses.dataclass(type(f"{config_class.__name__}Flags", (config_class, RunArgs),
+                                      {"__doc__": config_class.__doc__, "split": split}))
 
 
-def parse_args(args_class: type) -> RunArgs:
+def parse_args(args_class: type, make_agent: MakeAlgorithm):
     """Parse flags; print the env list and exit for `--env list`; exit 2 with one line on any bad value.
 
     With `--resume RUN`, the run's saved flags are the defaults, and a flag given now that would change the meaning
@@ -141,7 +154,7 @@ def parse_args(args_class: type) -> RunArgs:
             print(format_task_list())
             sys.exit(0)
         validate_run_args(args)
-        args.validate()
+        validate_algorithm(*args.split(), make_agent)
         args.backend = resolve_task(args.env, args.backend).backend
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -12,7 +12,6 @@ reported as `truncated` (bootstrap from next_obs), never as `terminated`.
 
 from __future__ import annotations
 
-import difflib
 import math
 
 import flax.struct
@@ -20,59 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# dm_control-style name -> Playground name, all 25 tasks of mujoco_playground.dm_control_suite.ALL_ENVS.
-# Kept as a literal so that name checks and `--env list` need no MJX import.
-ENV_NAMES: dict[str, str] = {
-    "acrobot-swingup": "AcrobotSwingup",
-    "acrobot-swingup-sparse": "AcrobotSwingupSparse",
-    "ball-in-cup-catch": "BallInCup",
-    "cartpole-balance": "CartpoleBalance",
-    "cartpole-balance-sparse": "CartpoleBalanceSparse",
-    "cartpole-swingup": "CartpoleSwingup",
-    "cartpole-swingup-sparse": "CartpoleSwingupSparse",
-    "cheetah-run": "CheetahRun",
-    "finger-spin": "FingerSpin",
-    "finger-turn-easy": "FingerTurnEasy",
-    "finger-turn-hard": "FingerTurnHard",
-    "fish-swim": "FishSwim",
-    "hopper-hop": "HopperHop",
-    "hopper-stand": "HopperStand",
-    "humanoid-stand": "HumanoidStand",
-    "humanoid-walk": "HumanoidWalk",
-    "humanoid-run": "HumanoidRun",
-    "pendulum-swingup": "PendulumSwingup",
-    "point-mass-easy": "PointMass",  # Playground's PointMass is dm_control's point_mass-easy (fixed gains)
-    "reacher-easy": "ReacherEasy",
-    "reacher-hard": "ReacherHard",
-    "swimmer-swimmer6": "SwimmerSwimmer6",
-    "walker-stand": "WalkerStand",
-    "walker-walk": "WalkerWalk",
-    "walker-run": "WalkerRun",
-}
+from common.checks import require_positive
+from common.contract import StepOutput
+from common.tasks import resolve_task
+
 PHYSICS_BACKENDS = ("jax", "warp")
-
-_PLAYGROUND_TO_DM = {pg: dm for dm, pg in ENV_NAMES.items()}
-# Normalised spelling -> dm_control-style name. Playground names contain no '_' or '-', so they cannot collide.
-_LOOKUP = {**{dm: dm for dm in ENV_NAMES}, **{pg.lower(): dm for dm, pg in ENV_NAMES.items()}}
-
-
-class UnknownEnvError(ValueError):
-    """An --env value that names no task of the chosen backend."""
-
-
-def _normalise(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
 
 
 def resolve_env_name(name: str) -> str:
     """Playground name for a dm_control-style or Playground task name; raises UnknownEnvError otherwise."""
-    key = _normalise(name)
-    if key in _LOOKUP:
-        return ENV_NAMES[_LOOKUP[key]]
-    close = dict.fromkeys(_LOOKUP[m] for m in difflib.get_close_matches(key, _LOOKUP, n=4, cutoff=0.6))
-    hint = f"close matches: {', '.join(close)}" if close else "no close matches"
-    raise UnknownEnvError(
-        f"--env: unknown environment {name!r}; {hint} (`--env list` prints all {len(ENV_NAMES)})")
+    return resolve_task(name, "playground").source
 
 
 @flax.struct.dataclass
@@ -88,16 +44,6 @@ class EnvState:
     def obs(self) -> jax.Array:
         """[E, obs_size]: the observation the policy acts on now (already the reset one where an episode ended)."""
         return self.physics.obs
-
-
-@flax.struct.dataclass
-class StepOutput:
-    next_obs: jax.Array  # [E, obs_size] true s' of this transition, before any auto-reset
-    reward: jax.Array  # [E] float32
-    terminated: jax.Array  # [E] bool, the env's own termination: do not bootstrap
-    truncated: jax.Array  # [E] bool, time limit reached and not terminated: bootstrap from next_obs
-    episode_return: jax.Array  # [E] float32, return of the episode ending here (meaningful where terminated|truncated)
-    nonfinite: jax.Array  # [E] bool, the physics produced a NaN/Inf observation or reward: env reset, step unusable
 
 
 def _conform(new, like):
@@ -172,15 +118,14 @@ class BatchedEnv:
     """
 
     def __init__(self, name: str, num_envs: int, physics: str = "jax", episode_length: int | None = None):
-        self.playground_name = resolve_env_name(name)
-        self.name = _PLAYGROUND_TO_DM[self.playground_name]
+        task = resolve_task(name, "playground")
+        self.name, self.playground_name = task.name, task.source
         self.backend, self.backend_task = "playground", self.playground_name
-        if num_envs < 1:
-            raise ValueError(f"--num-envs must be >= 1, got {num_envs}")
+        require_positive("num_envs", num_envs)
         if physics not in PHYSICS_BACKENDS:
             raise ValueError(f"--physics must be one of {', '.join(PHYSICS_BACKENDS)}, got {physics!r}")
-        if episode_length is not None and episode_length < 1:
-            raise ValueError(f"--episode-length must be >= 1, got {episode_length}")
+        if episode_length is not None:
+            require_positive("episode_length", episode_length)
 
         _patch_mujoco_for_playground()
         from mujoco_playground import dm_control_suite  # heavy import (all MJX task modules): only when used

@@ -1,4 +1,4 @@
-"""Policy evaluation on a separate BatchedEnv: one full episode per eval env, inside one lax.scan."""
+"""Policy evaluation on a separate VectorEnv: one full episode per eval env, inside one lax.scan."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from common.envs import BatchedEnv
+from common.contract import VectorEnv
 
 
-def make_evaluator(env: BatchedEnv, act_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]):
+def make_evaluator(env: VectorEnv, act_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]):
     """Returns a pure, jittable `evaluate(params, key) -> [env.num_envs] float32` undiscounted episode returns.
 
     act_fn(params, obs [E, obs_size], key) -> actions [E, action_size] within the env's bounds. Each eval env runs

@@ -36,7 +36,9 @@ import mujoco
 import numpy as np
 from jax.experimental import io_callback
 
-from common.envs import StepOutput, fold_vmapped_axis
+from common.checks import require_positive
+from common.contract import StepOutput
+from common.envs import fold_vmapped_axis
 from common.tasks import dm_control_suite
 
 # MjData arrays that the tasks' observation and reward code may read before the next physics step recomputes them:
@@ -272,12 +274,11 @@ class HostBatchedEnv:
     faster than one (benchmarks/results/host_throughput_cpu.csv)."""
 
     def __init__(self, task, num_envs: int, episode_length: int | None = None, threads: int = 0):
-        if num_envs < 1:
-            raise ValueError(f"--num-envs must be >= 1, got {num_envs}")
+        require_positive("num_envs", num_envs)
         if threads < 0:
-            raise ValueError(f"--host-threads must be >= 0, got {threads}")
-        if episode_length is not None and episode_length < 1:
-            raise ValueError(f"--episode-length must be >= 1, got {episode_length}")
+            raise ValueError(f"--host-threads must be ≥ 0 (0: one per CPU core), got {threads}")
+        if episode_length is not None:
+            require_positive("episode_length", episode_length)
         self.name, self.backend, self.backend_task = task.name, task.backend, task.source
         first = _make_task(task)
         self.episode_length = episode_length or first.default_episode_length

@@ -29,14 +29,6 @@ def make_run_dir(root: str | Path, env_name: str, backend: str, algo: str, seed:
             run_dir = Path(root) / f"{base}_{n}"
 
 
-def require_wandb() -> None:
-    """Fail before anything compiles rather than after minutes of JIT."""
-    try:
-        import wandb  # noqa: F401
-    except ImportError as e:
-        raise ValueError("--wandb needs the wandb package, which is not installed: pip install wandb") from e
-
-
 class _CsvLog:
     """Append-only CSV whose header is fixed by the first row ever written, or by the file when resuming."""
 

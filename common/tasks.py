@@ -18,9 +18,41 @@ import difflib
 import functools
 from typing import NamedTuple
 
-from common.envs import ENV_NAMES, UnknownEnvError
-
 BACKENDS = ("playground", "dm_control", "gymnasium")
+
+# dm_control-style name -> Playground name, all 25 tasks of mujoco_playground.dm_control_suite.ALL_ENVS.
+# Kept as a literal so that name checks and `--env list` need no MJX import.
+ENV_NAMES: dict[str, str] = {
+    "acrobot-swingup": "AcrobotSwingup",
+    "acrobot-swingup-sparse": "AcrobotSwingupSparse",
+    "ball-in-cup-catch": "BallInCup",
+    "cartpole-balance": "CartpoleBalance",
+    "cartpole-balance-sparse": "CartpoleBalanceSparse",
+    "cartpole-swingup": "CartpoleSwingup",
+    "cartpole-swingup-sparse": "CartpoleSwingupSparse",
+    "cheetah-run": "CheetahRun",
+    "finger-spin": "FingerSpin",
+    "finger-turn-easy": "FingerTurnEasy",
+    "finger-turn-hard": "FingerTurnHard",
+    "fish-swim": "FishSwim",
+    "hopper-hop": "HopperHop",
+    "hopper-stand": "HopperStand",
+    "humanoid-stand": "HumanoidStand",
+    "humanoid-walk": "HumanoidWalk",
+    "humanoid-run": "HumanoidRun",
+    "pendulum-swingup": "PendulumSwingup",
+    "point-mass-easy": "PointMass",  # Playground's PointMass is dm_control's point_mass-easy (fixed gains)
+    "reacher-easy": "ReacherEasy",
+    "reacher-hard": "ReacherHard",
+    "swimmer-swimmer6": "SwimmerSwimmer6",
+    "walker-stand": "WalkerStand",
+    "walker-walk": "WalkerWalk",
+    "walker-run": "WalkerRun",
+}
+
+
+class UnknownEnvError(ValueError):
+    """An --env value that names no task of the chosen backend."""
 
 
 class Task(NamedTuple):

@@ -1,16 +1,15 @@
 """The harness around an algorithm: the compiled chunk, seeds, and the host loop.
 
-An algorithm (flowrl_jax.py, sac_jax.py) is a config dataclass and `make(config, obs_size, action_size)`, which gives
-pure `init(key)`, `act(state, obs, key, deterministic)` and `update(state, batch, key)`, its resolved `config` and the
-`policy_metric_names` that only a policy update computes; its state carries an `updates` counter. The harness owns
-everything else: the envs, the replay buffer and the batches drawn from it, and the train state that holds them with
-the algorithm's state (`TrainState.learner`).
+An algorithm (flowrl_jax.py, sac_jax.py, or any other) meets the harness through common.contract: its config
+dataclass and `make(config, obs_size, action_size) -> Algorithm`; the envs are `VectorEnv`s. The harness owns
+everything else: the envs, the replay buffer and the batches drawn from it (as the algorithm's `recent_share` asks),
+and the train state that holds them with the algorithm's state (`TrainState.learner`).
 
 A chunk is ONE jitted call that scans over iterations of {act → step all E envs → store E transitions → U updates},
 with the train state donated so the replay buffer is updated in place. The envs are Playground's MJX envs
 (common.envs) or dm_control/Gymnasium envs that the chunk steps on the host through a callback (common.host_envs):
-the same interface, and a checkpoint captures either. The host loop runs chunks and does all host work (metrics,
-evaluation, progress, checks) between them.
+the same interface, and a checkpoint captures either. The host loop (`train`) runs chunks and does all host work
+(metrics, evaluation, progress, checks, checkpoints) between them.
 
 `--num-seeds S` trains S independent seeds in lockstep in one program: `over_seeds` vmaps the trainer over a leading
 seed axis of the train state, and the host loop logs one row per seed.
@@ -21,6 +20,7 @@ import signal
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -30,6 +30,8 @@ from flax import struct
 
 from common import buffer as replay
 from common import checkpoint, cli, resume
+from common.cli import RunArgs
+from common.contract import Algorithm, MakeAlgorithm, VectorEnv
 from common.envs import BatchedEnv
 from common.evaluation import make_evaluator
 from common.host_envs import HostBatchedEnv
@@ -38,7 +40,7 @@ from common.tasks import resolve_task
 
 
 class TrainState(struct.PyTreeNode):
-    learner: Any  # the algorithm's state: parameters, optimiser states, its `updates` counter
+    learner: Any  # the algorithm's state: parameters, optimiser states, counters
     buffer: replay.ReplayBuffer
     env: Any  # the envs' state: common.envs.EnvState, or common.host_envs.HostEnvState for a host backend
     key: jax.Array
@@ -46,7 +48,7 @@ class TrainState(struct.PyTreeNode):
 
 
 class Trainer(NamedTuple):
-    agent: Any          # the algorithm (make(config, obs_size, action_size)); agent.config is the run's config
+    agent: Algorithm    # the algorithm built for the env's sizes
     init: Callable      # key -> train state
     chunk: Callable     # state -> (state, metrics): one compiled call; the input state is donated
     evaluate: Callable  # (state, key, deterministic: bool) -> per-episode returns [eval_episodes]
@@ -55,39 +57,37 @@ class Trainer(NamedTuple):
 
 
 def make_env(name: str, backend: str, num_envs: int, physics: str = "jax", episode_length: int | None = None,
-             host_threads: int = 0):
+             host_threads: int = 0) -> VectorEnv:
     """The batched env for a task: BatchedEnv on Playground, HostBatchedEnv on a host backend (dm_control,
-    Gymnasium). Both give the same jittable reset/step interface."""
+    Gymnasium). Both are VectorEnvs."""
     task = resolve_task(name, backend)
     if task.backend == "playground":
         return BatchedEnv(task.source, num_envs, physics=physics, episode_length=episode_length)
     return HostBatchedEnv(task, num_envs, episode_length=episode_length, threads=host_threads)
 
 
-def to_env_bounds(env: BatchedEnv, action):
+def to_env_bounds(env: VectorEnv, action):
     """Map a squashed action in [-1, 1] to the env's actuator range."""
     low, high = jnp.asarray(env.action_low), jnp.asarray(env.action_high)
     return low + (action + 1.0) * 0.5 * (high - low)
 
 
-def empty_transition(env: BatchedEnv) -> dict:
+def empty_transition(env: VectorEnv) -> dict:
     """One unbatched transition: the replay row layout, and the batch layout that `update` takes."""
     obs = jnp.zeros(env.obs_size)
     return dict(obs=obs, action=jnp.zeros(env.action_size), reward=jnp.float32(0), next_obs=obs, mask=jnp.float32(0))
 
 
-def sample_batch(config, buffer: replay.ReplayBuffer, key, batch_size: int) -> dict:
-    """A batch as the algorithm's reference draws it: FlowRL's config names a recent share (20 % from the newest
-    2 048 transitions); a config without one (SAC) draws uniformly."""
-    return replay.sample(buffer, key, batch_size, recent_window=getattr(config, "recent_window", 1),
-                         recent_fraction=getattr(config, "recent_fraction", 0.0))
+def sample_batch(agent: Algorithm, buffer: replay.ReplayBuffer, key, batch_size: int) -> dict:
+    """A batch drawn as the algorithm asks (`recent_share`): FlowRL draws 20 % from the newest 2 048 transitions,
+    SAC uniformly."""
+    recent_fraction, recent_window = agent.recent_share or (0.0, 1)
+    return replay.sample(buffer, key, batch_size, recent_window=recent_window, recent_fraction=recent_fraction)
 
 
-def make_trainer(args, make_agent: Callable, env: BatchedEnv, eval_env: BatchedEnv) -> Trainer:
-    """The algorithm built for `env` and joined to the harness. `args` is the script's flags: the algorithm's config
-    fields and the run flags (cli.script_args)."""
-    agent = make_agent(args, env.obs_size, env.action_size)
-    args = agent.config  # with the defaults that depend on the env filled in
+def make_trainer(args: RunArgs, config, make_agent: MakeAlgorithm, env: VectorEnv, eval_env: VectorEnv) -> Trainer:
+    """The algorithm, built from its own `config` for `env`'s sizes, joined to the harness by the run's flags."""
+    agent = make_agent(config, env.obs_size, env.action_size)
 
     def init(key) -> TrainState:
         key, learner_key, env_key = jax.random.split(key, 3)
@@ -96,7 +96,7 @@ def make_trainer(args, make_agent: Callable, env: BatchedEnv, eval_env: BatchedE
 
     def update(state: TrainState, key):
         batch_key, update_key = jax.random.split(key)
-        batch = sample_batch(args, state.buffer, batch_key, args.batch_size)
+        batch = sample_batch(agent, state.buffer, batch_key, args.batch_size)
         learner, metrics = agent.update(state.learner, batch, update_key)
         return state.replace(learner=learner), metrics
 
@@ -116,15 +116,19 @@ def make_trainer(args, make_agent: Callable, env: BatchedEnv, eval_env: BatchedE
                    env_steps_per_chunk=env_steps_per_chunk)
 
 
-def make_chunk(args, env: BatchedEnv, agent, update: Callable) -> tuple[Callable, int]:
-    """The compiled chunk, and the env steps it covers. update(state, key) -> (state, metrics), where metrics may
-    carry `policy_updated` (0 or 1) so that the metrics in agent.policy_metric_names average over policy updates
-    only."""
+def make_chunk(args: RunArgs, env: VectorEnv, agent: Algorithm, update: Callable) -> tuple[Callable, int]:
+    """The compiled chunk, and the env steps it covers. update(state, key) -> (state, metrics); the metrics in
+    agent.policy_metric_names average over the updates that moved the policy only (agent.policy_updated)."""
     num_envs, iterations = env.num_envs, -(-args.log_interval // env.num_envs)
+
+    def update_and_mark(state, key):
+        state, metrics = update(state, key)
+        return state, (metrics, agent.policy_updated(state.learner))
 
     def run_updates(state):
         key, update_key = jax.random.split(state.key)
-        return jax.lax.scan(update, state.replace(key=key), jax.random.split(update_key, args.updates_per_iteration))
+        return jax.lax.scan(update_and_mark, state.replace(key=key),
+                            jax.random.split(update_key, args.updates_per_iteration))
 
     def skip_updates(state):
         metric_shapes = jax.eval_shape(lambda state: run_updates(state)[1], state)
@@ -155,10 +159,10 @@ def make_chunk(args, env: BatchedEnv, agent, update: Callable) -> tuple[Callable
 
     @partial(jax.jit, donate_argnums=0)
     def chunk(state):
-        state, (update_metrics, stats) = jax.lax.scan(iteration, state, None, length=iterations)
+        state, ((update_metrics, policy_moved), stats) = jax.lax.scan(iteration, state, None, length=iterations)
         # [iterations, U]: no updates before learning starts
         update_weight = jnp.broadcast_to(stats["learning"][:, None], (iterations, args.updates_per_iteration))
-        policy_weight = update_weight * update_metrics.pop("policy_updated", jnp.ones_like(update_weight))
+        policy_weight = update_weight * policy_moved.astype(jnp.float32)
         metrics = {}
         for name, values in update_metrics.items():
             weight = policy_weight if name in agent.policy_metric_names else update_weight
@@ -175,12 +179,12 @@ def make_chunk(args, env: BatchedEnv, agent, update: Callable) -> tuple[Callable
     return chunk, iterations * num_envs
 
 
-def seed_axes(state):
-    """vmap axes of a train state over seeds. The step counters have none: seeds run in lockstep, and an unbatched
-    counter keeps the conds on it (learning started, policy delay) real conds under vmap instead of selects that
-    compute both branches."""
+def seed_axes(state: TrainState, agent: Algorithm):
+    """vmap axes of a train state over seeds. The step counters have none (the env steps, and the learner's
+    `lockstep_fields`): seeds run in lockstep, and an unbatched counter keeps the conds on it (learning started,
+    policy delay) real conds under vmap instead of selects that compute both branches."""
     axes = jax.tree.map(lambda _: 0, state)
-    return axes.replace(env_steps=None, learner=axes.learner.replace(updates=None))
+    return axes.replace(env_steps=None, learner=axes.learner.replace(**{name: None for name in agent.lockstep_fields}))
 
 
 def over_seeds(trainer: Trainer, num_seeds: int) -> Trainer:
@@ -192,7 +196,7 @@ def over_seeds(trainer: Trainer, num_seeds: int) -> Trainer:
         return trainer._replace(init=lambda keys: trainer.init(keys[0]),
                                 evaluate=lambda state, keys, deterministic: trainer.evaluate(state, keys[0],
                                                                                              deterministic)[None])
-    axes = seed_axes(jax.eval_shape(trainer.init, jax.random.key(0)))
+    axes = seed_axes(jax.eval_shape(trainer.init, jax.random.key(0)), trainer.agent)
     return trainer._replace(
         init=jax.jit(jax.vmap(trainer.init, out_axes=axes)),
         chunk=jax.jit(jax.vmap(trainer.chunk, in_axes=(axes,), out_axes=(axes, 0)), donate_argnums=0),
@@ -239,103 +243,132 @@ def crossed(step: int, previous_step: int, interval: int) -> bool:
     return step // interval > previous_step // interval
 
 
-def main(algo: str, config_class: type, make_agent: Callable) -> None:
+
+def main(algo: str, config_class: type, make_agent: MakeAlgorithm) -> None:
     """An algorithm script's command line: parse and check the flags (exit 2 before compiling), then train."""
-    run(cli.parse_args(cli.script_args(config_class)), make_agent, algo)
+    run(cli.parse_args(cli.script_args(config_class), make_agent), make_agent, algo)
 
 
-def run(args, make_agent: Callable, algo: str) -> None:
-    """Train `algo` with the script's flags `args` on its env (see `train`)."""
+def run(flags, make_agent: MakeAlgorithm, algo: str) -> None:
+    """Train `algo` with a script's parsed flags (cli.script_args) on its env (see `train`)."""
+    args, config = flags.split()
     env, eval_env = (make_env(args.env, args.backend, num_envs, physics=args.physics,
                               episode_length=args.episode_length, host_threads=args.host_threads)
                      for num_envs in (args.num_envs, args.eval_episodes))
-    train(make_trainer(args, make_agent, env, eval_env), algo, env)
+    train(make_trainer(args, config, make_agent, env, eval_env), args, algo, env)
 
 
-def train(trainer: Trainer, algo: str, env: BatchedEnv) -> None:
+class RunStart(NamedTuple):
+    run_dir: Path
+    state: Any               # the resumed train state, or None for a fresh run
+    step: int                # env steps already done
+    checkpoint: Path | None  # the checkpoint resumed from
+
+
+def start_or_resume(args: RunArgs, algo: str, env: VectorEnv, template, seed_label: str) -> RunStart:
+    """A fresh run directory, or the run that `--resume` names with its newest (or named) checkpoint loaded; a
+    checkpoint that is damaged or does not fit exits 2."""
+    if not args.resume:
+        return RunStart(make_run_dir(args.run_root, env.name, env.backend, algo, seed_label), None, 0, None)
+    try:
+        run_dir, checkpoint_path = resume.locate(args.resume, template)
+        state, metadata = checkpoint.load(checkpoint_path, template)
+    except checkpoint.CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    env.restore(state.env)  # host envs take back their saved state; Playground's lives in the pytree
+    print(f"resuming {run_dir} from {checkpoint_path.name} (env step {metadata['step']})", flush=True)
+    return RunStart(run_dir, state, metadata["step"], checkpoint_path)
+
+
+class Checkpoints:
+    """Saves the whole train state (host envs captured) into run_dir/checkpoints and remembers the last good one."""
+
+    def __init__(self, directory: Path, env: VectorEnv, metadata: dict, keep: int, last: Path | None):
+        self.directory, self.env, self.metadata, self.keep, self.last = directory, env, metadata, keep, last
+
+    def save(self, state: TrainState, step: int) -> Path:
+        self.directory.mkdir(exist_ok=True)
+        self.last = checkpoint.save(self.directory, step, state.replace(env=self.env.capture(state.env)),
+                                    dict(step=step, **self.metadata), self.keep)
+        return self.last
+
+
+def log_chunk(logger: RunLogger, metrics: dict, step: int, seconds: float, trainer: Trainer, seeds: list[int]):
+    """One metrics row per seed, with the throughput of the whole program (every seed's env steps and updates)."""
+    env_steps_per_s = trainer.env_steps_per_chunk * len(seeds) / seconds
+    updates_per_s = float(np.sum(metrics["updates"])) / seconds
+    for index, seed in enumerate(seeds):
+        row = {name: float(values[index]) for name, values in metrics.items() if name not in ("params_finite",
+                                                                                             "updates")}
+        logger.log_train(step, dict(row, env_steps_per_s=env_steps_per_s, updates_per_s=updates_per_s), seed)
+
+
+def evaluate_and_log(trainer: Trainer, state: TrainState, step: int, eval_keys, eval_modes: list[str],
+                     logger: RunLogger, seeds: list[int]) -> dict:
+    """Evaluate every seed in each mode and log the rows; the mean returns, for the progress bar."""
+    postfix = {}
+    for mode in eval_modes:
+        # Evaluation noise depends on (seed, step, mode) only, so a resumed run evaluates identically.
+        keys = jax.vmap(lambda key: jax.random.fold_in(jax.random.fold_in(key, step), eval_modes.index(mode)))(eval_keys)
+        returns = np.asarray(trainer.evaluate(state, keys, mode == "deterministic"))
+        means = [logger.log_eval(step, returns[index], mode, seed)["return_mean"] for index, seed in enumerate(seeds)]
+        postfix[f"eval_{mode[:3]}"] = f"{np.mean(means):.1f}"
+    return postfix
+
+
+def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv) -> None:
     """Run chunks until `total_steps`: evaluate every `eval_interval` env steps, checkpoint the whole train state
     every `checkpoint_interval`, and do both at the end. `--resume` continues a run exactly where its checkpoint left
     it; SIGINT/SIGTERM checkpoint after the current chunk and exit with 128 + the signal number. With `--num-seeds S`
-    the seeds `seed … seed+S-1` train together, and every metrics and eval row names its seed. The flags are
-    trainer.agent.config (the script's flags, with the defaults that depend on the env filled in)."""
-    args = trainer.agent.config
+    the seeds `seed … seed+S-1` train together, and every metrics and eval row names its seed."""
     seeds = list(range(args.seed, args.seed + args.num_seeds))
     seed_label = str(args.seed) if args.num_seeds == 1 else f"{seeds[0]}-{seeds[-1]}"
     trainer = over_seeds(trainer, args.num_seeds)
     init_keys, eval_keys = seed_keys(args.seed, args.num_seeds)
     template = jax.eval_shape(trainer.init, init_keys)
-    if args.resume:
-        try:
-            run_dir, checkpoint_path = resume.locate(args.resume, template)
-            state, metadata = checkpoint.load(checkpoint_path, template)
-        except checkpoint.CheckpointError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2)
-        env.restore(state.env)  # host envs take back their saved state; Playground's lives in the pytree
-        start_step = metadata["step"]
-        print(f"resuming {run_dir} from {checkpoint_path.name} (env step {start_step})", flush=True)
-    else:
-        run_dir, checkpoint_path = make_run_dir(args.run_root, env.name, env.backend, algo, seed_label), None
-        state, start_step = None, 0
-    checkpoint_dir = run_dir / "checkpoints"
-    resume.warn_if_disk_is_short(run_dir, checkpoint.checkpoint_bytes(template) * (args.keep_checkpoints + 1))
-    num_chunks = -(-args.total_steps // trainer.env_steps_per_chunk)
-    total_steps_run = num_chunks * trainer.env_steps_per_chunk
-    config = dict(dataclasses.asdict(args), algo=algo, backend=env.backend, backend_task=env.backend_task,
-                  env_steps_per_chunk=trainer.env_steps_per_chunk, total_steps_run=total_steps_run,
-                  device=str(jax.devices()[0]), jax_version=jax.__version__)
-    # Rows logged after the checkpoint (the chunks an interrupted run lost) are replaced, not duplicated.
-    logger = RunLogger(run_dir, config, total_steps_run, use_wandb=args.wandb, wandb_project=args.wandb_project,
-                       resume_step=start_step if args.resume else None, num_seeds=args.num_seeds)
-    print(f"run directory: {run_dir}", flush=True)
-    eval_modes = ["stochastic", "deterministic"] if args.eval_mode == "both" else [args.eval_mode]
-    last_checkpoint = [checkpoint_path if args.resume else None]
+    start = start_or_resume(args, algo, env, template, seed_label)
+    resume.warn_if_disk_is_short(start.run_dir, checkpoint.checkpoint_bytes(template) * (args.keep_checkpoints + 1))
 
-    def save(step):
-        checkpoint_dir.mkdir(exist_ok=True)
-        path = checkpoint.save(checkpoint_dir, step, state.replace(env=env.capture(state.env)),
-                               dict(step=step, algo=algo, config=config), args.keep_checkpoints)
-        last_checkpoint[0] = path
+    steps_per_chunk = trainer.env_steps_per_chunk
+    num_chunks = -(-args.total_steps // steps_per_chunk)
+    config = dict(dataclasses.asdict(args), **dataclasses.asdict(trainer.agent.config), algo=algo,
+                  backend=env.backend, backend_task=env.backend_task, env_steps_per_chunk=steps_per_chunk,
+                  total_steps_run=num_chunks * steps_per_chunk, device=str(jax.devices()[0]),
+                  jax_version=jax.__version__)
+    # Rows logged after the checkpoint (the chunks an interrupted run lost) are replaced, not duplicated.
+    logger = RunLogger(start.run_dir, config, num_chunks * steps_per_chunk, use_wandb=args.wandb,
+                       wandb_project=args.wandb_project, resume_step=start.step if args.resume else None,
+                       num_seeds=args.num_seeds)
+    print(f"run directory: {start.run_dir}", flush=True)
+    checkpoints = Checkpoints(start.run_dir / "checkpoints", env, dict(algo=algo, config=config),
+                              args.keep_checkpoints, last=start.checkpoint)
+    eval_modes = ["stochastic", "deterministic"] if args.eval_mode == "both" else [args.eval_mode]
 
     try:
         with StopRequest() as stop:
-            state = trainer.init(init_keys) if state is None else state
-            logger.advance(start_step)
-            for chunk_index in range(start_step // trainer.env_steps_per_chunk + 1, num_chunks + 1):
-                start = time.perf_counter()
+            state = trainer.init(init_keys) if start.state is None else start.state
+            logger.advance(start.step)
+            for chunk_index in range(start.step // steps_per_chunk + 1, num_chunks + 1):
+                step, previous_step = chunk_index * steps_per_chunk, (chunk_index - 1) * steps_per_chunk
+                last_chunk = chunk_index == num_chunks
+                began = time.perf_counter()
                 state, metrics = trainer.chunk(state)
                 metrics = {name: np.atleast_1d(values) for name, values in jax.device_get(metrics).items()}  # [S]
-                seconds = time.perf_counter() - start
-                step = chunk_index * trainer.env_steps_per_chunk
-                previous_step = step - trainer.env_steps_per_chunk
+                seconds = time.perf_counter() - began
                 try:
                     check_finite(metrics, step, seeds)
                 except FloatingPointError as error:
-                    raise SystemExit(f"error: {error}; the run stopped; last good checkpoint: {last_checkpoint[0]}")
-                # Throughput counts every seed's env steps and updates: the program does all of them.
-                env_steps_per_s = trainer.env_steps_per_chunk * args.num_seeds / seconds
-                updates_per_s = float(np.sum(metrics.pop("updates"))) / seconds
-                for index, seed in enumerate(seeds):
-                    row = {name: float(values[index]) for name, values in metrics.items() if name != "params_finite"}
-                    logger.log_train(step, dict(row, env_steps_per_s=env_steps_per_s, updates_per_s=updates_per_s),
-                                     seed)
-                postfix = {}
-                if "critic_loss" in metrics:
-                    postfix["critic_loss"] = f"{np.mean(metrics['critic_loss']):.3g}"
-                if crossed(step, previous_step, args.eval_interval) or chunk_index == num_chunks:
-                    for mode in eval_modes:
-                        # Evaluation noise depends on (seed, step, mode) only, so a resumed run evaluates identically.
-                        keys = jax.vmap(lambda key: jax.random.fold_in(jax.random.fold_in(key, step),
-                                                                       eval_modes.index(mode)))(eval_keys)
-                        returns = np.asarray(trainer.evaluate(state, keys, mode == "deterministic"))
-                        means = [logger.log_eval(step, returns[index], mode, seed)["return_mean"]
-                                 for index, seed in enumerate(seeds)]
-                        postfix[f"eval_{mode[:3]}"] = f"{np.mean(means):.1f}"
+                    raise SystemExit(f"error: {error}; the run stopped; last good checkpoint: {checkpoints.last}")
+                log_chunk(logger, metrics, step, seconds, trainer, seeds)
+                postfix = {"critic_loss": f"{np.mean(metrics['critic_loss']):.3g}"} if "critic_loss" in metrics else {}
+                if crossed(step, previous_step, args.eval_interval) or last_chunk:
+                    postfix.update(evaluate_and_log(trainer, state, step, eval_keys, eval_modes, logger, seeds))
                 logger.advance(step, postfix)
-                if crossed(step, previous_step, args.checkpoint_interval) or chunk_index == num_chunks or stop.signal:
-                    save(step)
+                if crossed(step, previous_step, args.checkpoint_interval) or last_chunk or stop.signal:
+                    checkpoints.save(state, step)
                 if stop.signal:
-                    print(f"\nstopped by signal {stop.signal} at env step {step}; checkpoint: {last_checkpoint[0]}",
+                    print(f"\nstopped by signal {stop.signal} at env step {step}; checkpoint: {checkpoints.last}",
                           flush=True)
                     raise SystemExit(128 + stop.signal)
     finally:

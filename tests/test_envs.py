@@ -14,7 +14,8 @@ from jax.extend import core as jax_core
 import numpy as np
 import pytest
 
-from common.envs import BatchedEnv, StepOutput
+from common.contract import StepOutput
+from common.envs import BatchedEnv
 from common.evaluation import make_evaluator
 
 NAME, E, L = "cartpole-balance", 3, 5

@@ -35,7 +35,7 @@ def run_script(*flags: str) -> subprocess.CompletedProcess:
 def tiny_trainer():
     env = BatchedEnv(TINY.env, TINY.num_envs, episode_length=TINY.episode_length)
     eval_env = BatchedEnv(TINY.env, TINY.eval_episodes, episode_length=TINY.episode_length)
-    return training.make_trainer(TINY, flowrl.make_flowrl, env, eval_env)
+    return training.make_trainer(*TINY.split(), flowrl.make_flowrl, env, eval_env)
 
 
 def leaves_equal(a, b) -> bool:

@@ -188,7 +188,7 @@ def test_seed_k_of_a_vmapped_host_run_equals_the_single_run_with_that_seed():
     def trainer(num_seeds):  # own env objects per trainer: each pool follows one train state
         env, eval_env = (make_env(HOST.env, HOST.backend, n, episode_length=HOST.episode_length)
                          for n in (HOST.num_envs, HOST.eval_episodes))
-        return training.over_seeds(training.make_trainer(HOST, flowrl.make_flowrl, env, eval_env), num_seeds)
+        return training.over_seeds(training.make_trainer(*HOST.split(), flowrl.make_flowrl, env, eval_env), num_seeds)
 
     vmapped, single = trainer(2), trainer(1)
     many, one = vmapped.init(training.seed_keys(1, 2)[0]), single.init(training.seed_keys(2, 1)[0])
@@ -232,7 +232,7 @@ def test_the_harness_observes_each_observation_the_policy_meets_once():
     args = dataclasses.replace(HOST, normalize_observations=True)
     env, eval_env = (make_env(args.env, args.backend, n, episode_length=args.episode_length)
                      for n in (args.num_envs, args.eval_episodes))
-    trainer = training.make_trainer(args, flowrl.make_flowrl, env, eval_env)
+    trainer = training.make_trainer(*args.split(), flowrl.make_flowrl, env, eval_env)
     state = trainer.init(jax.random.key(0))
     for _ in range(4):  # 24 env steps: 18 random, then the policy acts on normalised observations and learns
         state, _ = trainer.chunk(state)

@@ -15,7 +15,8 @@ import pytest
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 
 from common import logger as logger_mod
-from common.logger import RunLogger, make_run_dir, require_wandb
+from common.cli import require_wandb
+from common.logger import RunLogger, make_run_dir
 from common.plotting import read_eval_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

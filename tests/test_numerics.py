@@ -20,7 +20,7 @@ ARGS = Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_s
 def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):
     args = dataclasses.replace(ARGS, run_root=str(tmp_path))
     env = BatchedEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    trainer = training.make_trainer(args, flowrl.make_flowrl, env,
+    trainer = training.make_trainer(*args.split(), flowrl.make_flowrl, env,
                                     BatchedEnv(args.env, args.eval_episodes, episode_length=20))
 
     def chunk_that_diverges_at_step_40(state):  # the loss the real chunk computed, poisoned from step 40 on
@@ -29,7 +29,7 @@ def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):
         return state, {**metrics, "critic_loss": jax.numpy.where(diverged, np.nan, metrics["critic_loss"])}
 
     with pytest.raises(SystemExit) as stopped:
-        training.train(trainer._replace(chunk=chunk_that_diverges_at_step_40), "flowrl", env)
+        training.train(trainer._replace(chunk=chunk_that_diverges_at_step_40), args.split()[0], "flowrl", env)
     message = str(stopped.value.code)
     (run_dir,) = tmp_path.iterdir()
     good = checkpoint.list_checkpoints(run_dir / "checkpoints")
@@ -53,7 +53,7 @@ def test_checkpoint_size_formula_matches_the_state():
     512 (params, targets and Adam moments). Checked on humanoid-walk (obs 67, action 21), 1 M buffer, traced only."""
     args = dataclasses.replace(Args(), env="humanoid-walk")
     env = BatchedEnv(args.env, args.num_envs)
-    trainer = training.make_trainer(args, flowrl.make_flowrl, env, BatchedEnv(args.env, 1))
+    trainer = training.make_trainer(*args.split(), flowrl.make_flowrl, env, BatchedEnv(args.env, 1))
     template = jax.eval_shape(trainer.init, jax.random.key(0))
     replay_bytes = args.buffer_size * (2 * env.obs_size + env.action_size + 2) * 4
     assert env.obs_size == 67 and env.action_size == 21
@@ -71,7 +71,7 @@ class DivergingEnv(BatchedEnv):
 def test_diverged_env_transitions_are_counted_and_kept_out_of_the_replay():
     args = dataclasses.replace(ARGS, log_interval=40)  # one chunk of 10 iterations, no update before step 16
     env = DivergingEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    trainer = training.make_trainer(args, flowrl.make_flowrl, env,
+    trainer = training.make_trainer(*args.split(), flowrl.make_flowrl, env,
                                     BatchedEnv(args.env, args.eval_episodes, episode_length=20))
     state, metrics = trainer.chunk(trainer.init(jax.random.key(0)))
     # Env 0 restarts after each divergence, so it diverges at steps 3 and 6 and 9 of the chunk: 3 resets.

@@ -132,7 +132,7 @@ SMOKE_FLAGS = ["--env", "cartpole-balance", "--num-envs", "4", "--updates-per-it
 def tiny_trainer():
     env = BatchedEnv(TINY.env, TINY.num_envs, episode_length=TINY.episode_length)
     eval_env = BatchedEnv(TINY.env, TINY.eval_episodes, episode_length=TINY.episode_length)
-    return training.make_trainer(TINY, sac.make_sac, env, eval_env)
+    return training.make_trainer(*TINY.split(), sac.make_sac, env, eval_env)
 
 
 @pytest.fixture(scope="module")

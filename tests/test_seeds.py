@@ -18,7 +18,7 @@ NUM_SEEDS, FIRST_SEED, CHECKED = 3, 1, 1  # seed 2 is compared with a single run
 
 def trainers(make_agent, args):
     env = BatchedEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    trainer = training.make_trainer(args, make_agent, env,
+    trainer = training.make_trainer(*args.split(), make_agent, env,
                                     BatchedEnv(args.env, args.eval_episodes, episode_length=args.episode_length))
     return training.over_seeds(trainer, NUM_SEEDS), training.over_seeds(trainer, 1)
 

@@ -65,7 +65,7 @@ def test_a_harness_update_is_the_public_update_on_the_harness_batch(make_agent, 
     """The chunk scans Trainer.update, which draws a batch from the replay and calls the algorithm's `update`; the
     same batch and key through the public function give identical parameters, bit for bit."""
     env = BatchedEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    trainer = training.make_trainer(args, make_agent, env,
+    trainer = training.make_trainer(*args.split(), make_agent, env,
                                     BatchedEnv(args.env, args.eval_episodes, episode_length=args.episode_length))
     state = trainer.init(jax.random.key(0))
     for _ in range(5):  # 20 transitions stored, and one update per chunk from step 16 on
@@ -75,7 +75,7 @@ def test_a_harness_update_is_the_public_update_on_the_harness_batch(make_agent, 
     through_harness, harness_metrics = jax.device_get(jax.jit(trainer.update)(state, key))
 
     batch_key, update_key = jax.random.split(key)
-    batch = training.sample_batch(trainer.agent.config, state.buffer, batch_key, args.batch_size)
+    batch = training.sample_batch(trainer.agent, state.buffer, batch_key, args.batch_size)
     assert batch["obs"].shape == (args.batch_size, env.obs_size) and batch["action"].shape[1] == env.action_size
     public, public_metrics = jax.device_get(jax.jit(trainer.agent.update)(state.learner, batch, update_key))
     for found, expected in zip(jax.tree.leaves(through_harness.learner), jax.tree.leaves(public)):

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from common.envs import ENV_NAMES, UnknownEnvError, resolve_env_name
-from common.tasks import BACKENDS, Task, all_tasks, dm_control_suite, format_task_list, resolve_task
+from common.envs import resolve_env_name
+from common.tasks import (BACKENDS, ENV_NAMES, Task, UnknownEnvError, all_tasks, dm_control_suite, format_task_list,
+                          resolve_task)
 
 
 def test_env_names_cover_all_playground_dmc_tasks_once():
