@@ -396,9 +396,9 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
 # Command line: `python flowrl_jax.py --env humanoid-walk`, `--help` for every flag
 # ----------------------------------------------------------------------------------------------------------------------
 def main() -> None:
-    from common import training  # the harness, imported here so that the algorithm above needs nothing of ours
+    from common import cli  # the harness, imported here so that the algorithm above needs nothing of ours
 
-    training.main("flowrl", FlowRLConfig, make_flowrl)
+    cli.main("flowrl", FlowRLConfig, make_flowrl)
 
 
 if __name__ == "__main__":

@@ -352,9 +352,9 @@ def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
 # Command line: `python sac_jax.py --env humanoid-walk`, `--help` for every flag
 # ----------------------------------------------------------------------------------------------------------------------
 def main() -> None:
-    from common import training  # the harness, imported here so that the algorithm above needs nothing of ours
+    from common import cli  # the harness, imported here so that the algorithm above needs nothing of ours
 
-    training.main("sac", SACConfig, make_sac)
+    cli.main("sac", SACConfig, make_sac)
 
 
 if __name__ == "__main__":

@@ -65,3 +65,19 @@ def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int, recent_window:
     recent_rows = (buffer.position - 1 - ages) % buffer.capacity
     rows = jnp.concatenate([uniform_rows, recent_rows])
     return jax.tree.map(lambda store: store[rows], buffer.data)
+
+
+def trimmed(buffer: ReplayBuffer, rows: int, row_axis: int = 0) -> ReplayBuffer:
+    """The buffer with only its first `rows` rows (along `row_axis`, 1 when a seed axis leads): what a checkpoint
+    stores. Rows fill from 0, so the rows at and past `size` were never written (zeros) until the ring wraps."""
+    return buffer.replace(data=jax.tree.map(lambda x: jax.lax.slice_in_dim(x, 0, rows, axis=row_axis), buffer.data))
+
+
+def padded(buffer: ReplayBuffer, capacity: int, row_axis: int = 0) -> ReplayBuffer:
+    """The inverse of `trimmed`: zero rows appended up to `capacity`, as `init` leaves them."""
+    def pad(x):
+        widths = [(0, 0)] * x.ndim
+        widths[row_axis] = (0, capacity - x.shape[row_axis])
+        return jnp.pad(x, widths)
+
+    return buffer.replace(data=jax.tree.map(pad, buffer.data))

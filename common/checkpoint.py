@@ -16,6 +16,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import msgpack
@@ -231,29 +232,56 @@ def _check_structure(path: Path, header: dict, template) -> None:
         raise CheckpointError(f"{path}: structure differs from this config (leaf order, node types or static fields)")
 
 
-def _verified(path: Path, template) -> tuple[dict, list[np.ndarray], list]:
-    """Header, stored arrays and template leaves of a checkpoint that is intact and fits `template`."""
-    header, stored = _read(path)
+def _check_fit(path: Path, header: dict, stored: list[np.ndarray], template) -> None:
+    """Raise CheckpointError unless the stored leaves are exactly the arrays `template`'s leaves are stored as."""
     _check_structure(path, header, template)
-    likes = jax.tree.leaves(template)
-    for entry, array, like in zip(header["leaves"], stored, likes):
+    for entry, array, like in zip(header["leaves"], stored, jax.tree.leaves(template)):
         spec = _stored_spec(like)
         if array.shape != spec.shape or array.dtype != spec.dtype:  # only a file written by something else
             raise CheckpointError(f"{path}: damaged ({entry['path']} is stored as {array.dtype}{list(array.shape)})")
-    return header, stored, likes
+
+
+class Contents(NamedTuple):
+    """A checkpoint read and checksum-verified, not yet fitted to a train state."""
+
+    path: Path
+    header: dict
+    stored: list[np.ndarray]
+
+    @property
+    def metadata(self) -> dict:
+        return self.header["metadata"]
+
+
+def read(path: Path) -> Contents:
+    """A checkpoint's header and arrays after its format and checksum are verified (no template needed, so this can
+    run before any env is built); `restore` then fits them to the train state."""
+    return Contents(Path(path), *_read(Path(path)))
+
+
+def restore(contents: Contents, template) -> object:
+    """The state from `read`'s contents, whose leaves must match `template` (a state or its jax.eval_shape)."""
+    _check_fit(contents.path, contents.header, contents.stored, template)
+    likes = jax.tree.leaves(template)
+    leaves = [
+        jax.random.wrap_key_data(array, impl=entry["key_impl"]) if "key_impl" in entry
+        else jax.device_put(array.view(like.dtype))  # view: undoes the unsigned-int storage of ml_dtypes
+        for entry, array, like in zip(contents.header["leaves"], contents.stored, likes)
+    ]
+    return jax.tree.unflatten(jax.tree.structure(template), leaves)
 
 
 def load(path: Path, template) -> tuple[object, dict]:
     """(state, metadata) from a checkpoint, whose leaves must match `template` (a state or its jax.eval_shape) exactly.
     The format, checksum and structure are verified first; any problem raises CheckpointError."""
-    path = Path(path)
-    header, stored, likes = _verified(path, template)
-    leaves = [
-        jax.random.wrap_key_data(array, impl=entry["key_impl"]) if "key_impl" in entry
-        else jax.device_put(array.view(like.dtype))  # view: undoes the unsigned-int storage of ml_dtypes
-        for entry, array, like in zip(header["leaves"], stored, likes)
-    ]
-    return jax.tree.unflatten(jax.tree.structure(template), leaves), header["metadata"]
+    contents = read(path)
+    return restore(contents, template), contents.metadata
+
+
+def step_of(path: Path) -> int | None:
+    """The env step a checkpoint file's name says it holds (None for a file not named checkpoint_<step>.msgpack)."""
+    match = _NAME.fullmatch(Path(path).name)
+    return int(match.group(1)) if match else None
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -262,12 +290,15 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_valid(directory: Path, template) -> tuple[Path, list[tuple[Path, str]]]:
-    """The newest checkpoint that loads against `template`, and (path, reason) for each newer one that does not."""
+def latest_valid(directory: Path, template=None) -> tuple[Path, list[tuple[Path, str]]]:
+    """The newest checkpoint that is intact (and, given a template, loads against it), and (path, reason) for each
+    newer one that is not."""
     skipped = []
     for path in reversed(list_checkpoints(directory)):
         try:
-            _verified(path, template)  # everything load checks, without moving the state onto the device
+            header, stored = _read(path)
+            if template is not None:  # everything load checks, without moving the state onto the device
+                _check_fit(path, header, stored, template)
             return path, skipped
         except CheckpointError as e:
             skipped.append((path, str(e)))

@@ -15,8 +15,9 @@ from typing import Literal
 
 import tyro
 
-from common import resume
+from common import resume, stopping
 from common.checks import flag, require_positive
+from common.resources import check_run_root
 from common.contract import MakeAlgorithm
 from common.tasks import format_task_list, resolve_task
 
@@ -155,8 +156,20 @@ def parse_args(args_class: type, make_agent: MakeAlgorithm):
             sys.exit(0)
         validate_run_args(args)
         validate_algorithm(*args.split(), make_agent)
+        if not args.resume:
+            check_run_root(args.run_root)
         args.backend = resolve_task(args.env, args.backend).backend
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     return args
+
+
+def main(algo: str, config_class: type, make_agent: MakeAlgorithm) -> None:
+    """An algorithm script's command line: answer signals from the first moment, parse and check the flags (exit 2
+    before any env is built or anything compiles), then train."""
+    stopping.install()
+    flags = parse_args(script_args(config_class), make_agent)
+    from common import training  # the envs, MuJoCo and the logging stack: only once the flags are known good
+
+    training.run(flags, make_agent, algo)

@@ -13,7 +13,8 @@ Semantics, the same as the Playground backend's:
   returns discount 0). The time limit, `episode_length`, is kept here and reported as `truncated`: Gymnasium's
   `max_episode_steps`, dm_control's time limit / control timestep (1000 for every suite task).
 - dm_control's observation dict is flattened in the suite's key order (dm_control's own `flat_observation`).
-- A physics error or a NaN/Inf observation or reward resets that env and sets `nonfinite`.
+- A physics error, any exception a task raises in its step, or a NaN/Inf observation or reward resets that env and
+  sets `nonfinite` (counted by the harness; the transition stays out of the replay).
 
 The pool is a cache of the train state. Each callback returns a sync token, the pool's call count, and the next
 callback refuses a state whose token is not the pool's last one, so a stale state can never silently step envs that
@@ -26,6 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -171,6 +173,7 @@ class _Pool:
         self.executor = None
         self.episode_steps = np.zeros(0, np.int64)
         self.calls = 0
+        self.warned = False
         self.step_seconds = 0.0  # wall time in step(): the host's share of training (benchmarks/host_throughput.py)
         # Each env's snapshot row: its state arrays, then its episode step.
         self.layout = [(a.shape, a.dtype) for a in map(np.asarray, first.state_arrays())] + [((1,), np.dtype(np.int64))]
@@ -214,7 +217,11 @@ class _Pool:
     def _step_range(self, indices: range, actions: np.ndarray, out: dict) -> None:
         for i in indices:
             env = self.envs[i]
-            next_obs, reward, terminated, nonfinite = env.step(actions[i])  # float32, as a policy gives them
+            try:
+                next_obs, reward, terminated, nonfinite = env.step(actions[i])  # float32, as a policy gives them
+            except Exception as error:  # a task's own failure: this env restarts, the run goes on, and it is counted
+                self._warn_once(error)
+                next_obs, reward, terminated, nonfinite = np.zeros(env.obs_size), 0.0, False, True
             nonfinite = nonfinite or not (np.isfinite(next_obs).all() and np.isfinite(reward))
             terminated = terminated and not nonfinite
             truncated = self.episode_steps[i] >= self.episode_length and not (terminated or nonfinite)
@@ -225,6 +232,13 @@ class _Pool:
                 self.episode_steps[i] = 0
             else:
                 out["obs"][i] = next_obs
+
+    def _warn_once(self, error: Exception) -> None:
+        if not self.warned:
+            self.warned = True
+            print(f"warning: a {self.task.name} env raised {type(error).__name__}: {error}; it was reset and its "
+                  f"step left out of the replay (counted in nonfinite_env_resets, as a NaN is)", file=sys.stderr,
+                  flush=True)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self.executor is None:

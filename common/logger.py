@@ -92,9 +92,11 @@ class RunLogger:
         self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
         self.bar = tqdm(
             total=total_steps,
+            initial=resume_step or 0,  # a resumed run's bar starts where it left off
             unit="step",
             unit_scale=True,
             dynamic_ncols=True,
+            smoothing=0,  # rate = steps since `steady_from` / time since then (see `note`), not a decaying average
             # redirected output (CI, nohup) gets a line every 30 s instead of ten a second
             mininterval=0.1 if sys.stderr.isatty() else 30,
         )
@@ -137,6 +139,13 @@ class RunLogger:
             self._wandb.log(tagged, step=step)
         return summary
 
+    def note(self, message: str, steady_from: int | None = None) -> None:
+        """A line above the progress bar. `steady_from`: the rate and ETA count only steps after this one (the
+        first chunk's compile would otherwise inflate the ETA)."""
+        self.bar.write(message, file=sys.stderr)
+        if steady_from is not None:
+            self.bar.initial, self.bar.start_t = steady_from, time.time()
+
     def advance(self, step: int, postfix: dict[str, float | str] | None = None) -> None:
         if postfix:
             # set before update() so that the refresh update() triggers already shows it
@@ -156,6 +165,7 @@ class RunLogger:
             self._wandb.finish()
         eval_csv = self.run_dir / "eval.csv"
         if len(read_eval_csv(eval_csv)["step"]):
+            print("drawing the learning curve", file=sys.stderr, flush=True)
             png = self.run_dir / "learning_curve.png"
             self._curve = plot_learning_curve(eval_csv, png, curve_title or self.run_dir.name)
         return self._curve

@@ -16,9 +16,9 @@ seed axis of the train state, and the host loop logs one row per seed.
 """
 
 import dataclasses
-import signal
 import sys
 import time
+import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -29,13 +29,15 @@ import numpy as np
 from flax import struct
 
 from common import buffer as replay
-from common import checkpoint, cli, resume
+from common import checkpoint, resume, stopping
 from common.cli import RunArgs
 from common.contract import Algorithm, MakeAlgorithm, VectorEnv
 from common.envs import BatchedEnv
 from common.evaluation import make_evaluator
 from common.host_envs import HostBatchedEnv
 from common.logger import RunLogger, make_run_dir
+from common.resources import check_memory, format_bytes, tree_bytes
+from common.run_lock import RunLocked, lock_run_dir
 from common.tasks import resolve_task
 
 
@@ -223,74 +225,109 @@ def check_finite(metrics: dict, step: int, seeds: list[int]) -> None:
                                          f"{step}")
 
 
-class StopRequest:
-    """SIGINT/SIGTERM set a flag instead of killing the run: the loop finishes its chunk, checkpoints, then exits."""
-
-    def __enter__(self):
-        self.signal = None
-        self.previous = {sig: signal.signal(sig, self.request) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def request(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 def crossed(step: int, previous_step: int, interval: int) -> bool:
     return step // interval > previous_step // interval
 
 
 
-def main(algo: str, config_class: type, make_agent: MakeAlgorithm) -> None:
-    """An algorithm script's command line: parse and check the flags (exit 2 before compiling), then train."""
-    run(cli.parse_args(cli.script_args(config_class), make_agent), make_agent, algo)
+# Exit status of a run whose checkpoint could not be written (BSD's EX_IOERR): the last good one is named.
+EXIT_WRITE_FAILED = 74
 
 
 def run(flags, make_agent: MakeAlgorithm, algo: str) -> None:
-    """Train `algo` with a script's parsed flags (cli.script_args) on its env (see `train`)."""
+    """Train `algo` with a script's parsed flags (cli.script_args) on its env (see `train`). A resumed run's
+    checkpoint is read, verified and locked before any env is built."""
     args, config = flags.split()
+    resumed = open_resumed_run(args) if args.resume else None
+    print(f"{algo} on {args.env} ({args.backend}): building {args.num_envs} training and {args.eval_episodes} "
+          f"evaluation envs", flush=True)
     env, eval_env = (make_env(args.env, args.backend, num_envs, physics=args.physics,
                               episode_length=args.episode_length, host_threads=args.host_threads)
                      for num_envs in (args.num_envs, args.eval_episodes))
-    train(make_trainer(args, config, make_agent, env, eval_env), args, algo, env)
+    train(make_trainer(args, config, make_agent, env, eval_env), args, algo, env, resumed)
+
+
+class ResumedRun(NamedTuple):
+    run_dir: Path
+    contents: checkpoint.Contents  # the checkpoint to continue from, checksum and identity verified
+    lock: Any                      # held for the life of the process
+
+
+def open_resumed_run(args: RunArgs) -> ResumedRun:
+    """The run `--resume` names, locked for this process, with its checkpoint read and verified as the run's own;
+    anything wrong exits 2 before a file of the run is touched."""
+    try:
+        run_dir, contents = resume.locate(args.resume)
+        resume.check_belongs_to_run(run_dir, contents)  # read-only: a refused resume leaves the run as it was
+        lock = lock_run_dir(run_dir)
+    except (checkpoint.CheckpointError, RunLocked, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    return ResumedRun(run_dir, contents, lock)
 
 
 class RunStart(NamedTuple):
     run_dir: Path
+    run_id: str              # the run's identity, in config.json and in every checkpoint
     state: Any               # the resumed train state, or None for a fresh run
     step: int                # env steps already done
     checkpoint: Path | None  # the checkpoint resumed from
+    lock: Any                # the run directory's lock, held for the life of the process
 
 
-def start_or_resume(args: RunArgs, algo: str, env: VectorEnv, template, seed_label: str) -> RunStart:
-    """A fresh run directory, or the run that `--resume` names with its newest (or named) checkpoint loaded; a
-    checkpoint that is damaged or does not fit exits 2."""
+def replay_row_axis(args: RunArgs) -> int:
+    return 1 if args.num_seeds > 1 else 0  # several seeds: a leading seed axis
+
+
+def start_or_resume(args: RunArgs, algo: str, env: VectorEnv, template, seed_label: str,
+                    resumed: ResumedRun | None) -> RunStart:
+    """A fresh, locked run directory; or the resumed run's state, fitted to `template` (a checkpoint stores only the
+    replay's filled rows), with host envs restored."""
     if not args.resume:
-        return RunStart(make_run_dir(args.run_root, env.name, env.backend, algo, seed_label), None, 0, None)
+        run_dir = make_run_dir(args.run_root, env.name, env.backend, algo, seed_label)
+        return RunStart(run_dir, uuid.uuid4().hex, None, 0, None, lock_run_dir(run_dir))
+    resumed = resumed or open_resumed_run(args)
+    metadata = resumed.contents.metadata
+    rows = metadata.get("replay_rows")
+    axis = replay_row_axis(args)
+    stored_template = template if rows is None else jax.eval_shape(
+        lambda state: state.replace(buffer=replay.trimmed(state.buffer, rows, axis)), template)
     try:
-        run_dir, checkpoint_path = resume.locate(args.resume, template)
-        state, metadata = checkpoint.load(checkpoint_path, template)
+        state = checkpoint.restore(resumed.contents, stored_template)
     except checkpoint.CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
+    if rows is not None:
+        state = state.replace(buffer=replay.padded(state.buffer, args.buffer_size, axis))
     env.restore(state.env)  # host envs take back their saved state; Playground's lives in the pytree
-    print(f"resuming {run_dir} from {checkpoint_path.name} (env step {metadata['step']})", flush=True)
-    return RunStart(run_dir, state, metadata["step"], checkpoint_path)
+    print(f"resuming {resumed.run_dir} from {resumed.contents.path.name} (env step {metadata['step']})", flush=True)
+    return RunStart(resumed.run_dir, metadata["config"]["run_id"], state, metadata["step"], resumed.contents.path,
+                    resumed.lock)
 
 
 class Checkpoints:
-    """Saves the whole train state (host envs captured) into run_dir/checkpoints and remembers the last good one."""
+    """Saves the train state (host envs captured, the replay's filled rows only) into run_dir/checkpoints and
+    remembers the last good one. A save that fails names that one and exits with EXIT_WRITE_FAILED."""
 
-    def __init__(self, directory: Path, env: VectorEnv, metadata: dict, keep: int, last: Path | None):
-        self.directory, self.env, self.metadata, self.keep, self.last = directory, env, metadata, keep, last
+    def __init__(self, directory: Path, env: VectorEnv, metadata: dict, args: RunArgs, last: Path | None):
+        self.directory, self.env, self.metadata, self.args, self.last = directory, env, metadata, args, last
+        if directory.is_dir():
+            for leftover in directory.glob(".checkpoint_*.tmp"):  # a save killed mid-write
+                leftover.unlink(missing_ok=True)
 
     def save(self, state: TrainState, step: int) -> Path:
-        self.directory.mkdir(exist_ok=True)
-        self.last = checkpoint.save(self.directory, step, state.replace(env=self.env.capture(state.env)),
-                                    dict(step=step, **self.metadata), self.keep)
+        rows = int(np.max(jax.device_get(state.buffer.size)))
+        stored = state.replace(env=self.env.capture(state.env),
+                               buffer=replay.trimmed(state.buffer, rows, replay_row_axis(self.args)))
+        try:
+            self.directory.mkdir(exist_ok=True)
+            self.last = checkpoint.save(self.directory, step, stored, dict(step=step, replay_rows=rows,
+                                                                           **self.metadata), self.args.keep_checkpoints)
+        except OSError as error:
+            print(f"\nerror: could not write the checkpoint at env step {step} ({error.strerror or error}); the last "
+                  f"good checkpoint is {self.last}, and metrics.csv holds every row up to step {step}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_WRITE_FAILED)
         return self.last
 
 
@@ -317,17 +354,29 @@ def evaluate_and_log(trainer: Trainer, state: TrainState, step: int, eval_keys, 
     return postfix
 
 
-def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv) -> None:
+def start_line(args: RunArgs, env: VectorEnv, template, run_dir: Path) -> str:
+    """What the run is, said before anything compiles."""
+    devices = jax.devices()
+    device = f"{len(devices)} × {devices[0].device_kind}" if len(devices) > 1 else devices[0].device_kind
+    return (f"{env.name} on {env.backend} ({device}): E={args.num_envs} U={args.updates_per_iteration} "
+            f"batch={args.batch_size} seeds={args.num_seeds}; train state {format_bytes(tree_bytes(template))} "
+            f"(replay {format_bytes(tree_bytes(template.buffer))}); run directory {run_dir}")
+
+
+def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: ResumedRun | None = None) -> None:
     """Run chunks until `total_steps`: evaluate every `eval_interval` env steps, checkpoint the whole train state
     every `checkpoint_interval`, and do both at the end. `--resume` continues a run exactly where its checkpoint left
-    it; SIGINT/SIGTERM checkpoint after the current chunk and exit with 128 + the signal number. With `--num-seeds S`
-    the seeds `seed … seed+S-1` train together, and every metrics and eval row names its seed."""
+    it; a first SIGINT/SIGTERM checkpoints after the current chunk and exits with 128 + the signal number
+    (common.stopping). With `--num-seeds S` the seeds `seed … seed+S-1` train together, and every metrics and eval
+    row names its seed."""
     seeds = list(range(args.seed, args.seed + args.num_seeds))
     seed_label = str(args.seed) if args.num_seeds == 1 else f"{seeds[0]}-{seeds[-1]}"
     trainer = over_seeds(trainer, args.num_seeds)
     init_keys, eval_keys = seed_keys(args.seed, args.num_seeds)
     template = jax.eval_shape(trainer.init, init_keys)
-    start = start_or_resume(args, algo, env, template, seed_label)
+    check_memory(template, jax.devices()[0], "the train state (replay, networks, optimiser and env states)")
+    start = start_or_resume(args, algo, env, template, seed_label, resumed)
+    print(start_line(args, env, template, start.run_dir), flush=True)
     resume.warn_if_disk_is_short(start.run_dir, checkpoint.checkpoint_bytes(template) * (args.keep_checkpoints + 1))
 
     steps_per_chunk = trainer.env_steps_per_chunk
@@ -335,41 +384,48 @@ def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv) -> None:
     config = dict(dataclasses.asdict(args), **dataclasses.asdict(trainer.agent.config), algo=algo,
                   backend=env.backend, backend_task=env.backend_task, env_steps_per_chunk=steps_per_chunk,
                   total_steps_run=num_chunks * steps_per_chunk, device=str(jax.devices()[0]),
-                  jax_version=jax.__version__)
+                  jax_version=jax.__version__, run_id=start.run_id)
     # Rows logged after the checkpoint (the chunks an interrupted run lost) are replaced, not duplicated.
     logger = RunLogger(start.run_dir, config, num_chunks * steps_per_chunk, use_wandb=args.wandb,
                        wandb_project=args.wandb_project, resume_step=start.step if args.resume else None,
                        num_seeds=args.num_seeds)
-    print(f"run directory: {start.run_dir}", flush=True)
-    checkpoints = Checkpoints(start.run_dir / "checkpoints", env, dict(algo=algo, config=config),
-                              args.keep_checkpoints, last=start.checkpoint)
+    checkpoints = Checkpoints(start.run_dir / "checkpoints", env, dict(algo=algo, config=config), args,
+                              last=start.checkpoint)
     eval_modes = ["stochastic", "deterministic"] if args.eval_mode == "both" else [args.eval_mode]
+    stop = stopping.current()
+    stop.saved(start.checkpoint)
 
     try:
-        with StopRequest() as stop:
-            state = trainer.init(init_keys) if start.state is None else start.state
-            logger.advance(start.step)
-            for chunk_index in range(start.step // steps_per_chunk + 1, num_chunks + 1):
-                step, previous_step = chunk_index * steps_per_chunk, (chunk_index - 1) * steps_per_chunk
-                last_chunk = chunk_index == num_chunks
-                began = time.perf_counter()
-                state, metrics = trainer.chunk(state)
-                metrics = {name: np.atleast_1d(values) for name, values in jax.device_get(metrics).items()}  # [S]
-                seconds = time.perf_counter() - began
-                try:
-                    check_finite(metrics, step, seeds)
-                except FloatingPointError as error:
-                    raise SystemExit(f"error: {error}; the run stopped; last good checkpoint: {checkpoints.last}")
-                log_chunk(logger, metrics, step, seconds, trainer, seeds)
-                postfix = {"critic_loss": f"{np.mean(metrics['critic_loss']):.3g}"} if "critic_loss" in metrics else {}
-                if crossed(step, previous_step, args.eval_interval) or last_chunk:
-                    postfix.update(evaluate_and_log(trainer, state, step, eval_keys, eval_modes, logger, seeds))
-                logger.advance(step, postfix)
-                if crossed(step, previous_step, args.checkpoint_interval) or last_chunk or stop.signal:
-                    checkpoints.save(state, step)
-                if stop.signal:
-                    print(f"\nstopped by signal {stop.signal} at env step {step}; checkpoint: {checkpoints.last}",
-                          flush=True)
-                    raise SystemExit(128 + stop.signal)
+        state = trainer.init(init_keys) if start.state is None else start.state
+        logger.advance(start.step)
+        logger.note("compiling the training step (minutes on a CPU; XLA may print a 'Very slow compile?' notice)")
+        for chunk_index in range(start.step // steps_per_chunk + 1, num_chunks + 1):
+            step, previous_step = chunk_index * steps_per_chunk, (chunk_index - 1) * steps_per_chunk
+            last_chunk = chunk_index == num_chunks
+            began = time.perf_counter()
+            state, metrics = trainer.chunk(state)
+            metrics = {name: np.atleast_1d(values) for name, values in jax.device_get(metrics).items()}  # [S]
+            seconds = time.perf_counter() - began
+            try:
+                check_finite(metrics, step, seeds)
+            except FloatingPointError as error:
+                raise SystemExit(f"error: {error}; the run stopped; last good checkpoint: {checkpoints.last}")
+            log_chunk(logger, metrics, step, seconds, trainer, seeds)
+            if chunk_index == start.step // steps_per_chunk + 1:
+                logger.note(f"compiled and ran the first chunk in {seconds:.0f} s", steady_from=step)
+            stop.chunk_done(seconds)
+            postfix = {"critic_loss": f"{np.mean(metrics['critic_loss']):.3g}"} if "critic_loss" in metrics else {}
+            if crossed(step, previous_step, args.eval_interval) or last_chunk:
+                postfix.update(evaluate_and_log(trainer, state, step, eval_keys, eval_modes, logger, seeds))
+            logger.advance(step, postfix)
+            if crossed(step, previous_step, args.checkpoint_interval) or last_chunk or stop.requested:
+                if last_chunk:
+                    logger.note("writing the final checkpoint")
+                stop.saved(checkpoints.save(state, step))
+            if stop.requested:
+                print(f"\nstopped by {stop.requested.name} at env step {step}; checkpoint: {checkpoints.last}",
+                      file=sys.stderr, flush=True)
+                raise SystemExit(128 + stop.requested)
     finally:
-        logger.close(curve_title=f"{algo} on {args.env} (seed{'s' * (args.num_seeds > 1)} {seed_label})")
+        logger.close(curve_title=f"{algo} on {args.env} ({env.backend}, seed{'s' * (args.num_seeds > 1)} "
+                                 f"{seed_label})")

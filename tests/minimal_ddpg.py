@@ -117,6 +117,6 @@ def make_ddpg(config: DDPGConfig, obs_size: int, action_size: int) -> DDPG:
 
 
 if __name__ == "__main__":
-    from common import training
+    from common import cli
 
-    training.main("ddpg", DDPGConfig, make_ddpg)
+    cli.main("ddpg", DDPGConfig, make_ddpg)

@@ -53,3 +53,73 @@ def test_signal_checkpoints_the_current_chunk_and_exits(tmp_path, signum, exit_c
                                  timeout=600)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert metric_steps(run_dir) == list(range(4, steps[-1] + 12, 4))
+
+
+class Output:
+    """A subprocess's stdout and stderr, read as it writes them."""
+
+    def __init__(self, process: subprocess.Popen):
+        import threading
+
+        self.text = ""
+        self.thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream):
+        for chunk in iter(lambda: stream.read(1), ""):
+            self.text += chunk
+
+    def wait_for(self, marker: str, process: subprocess.Popen, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while marker not in self.text:
+            assert process.poll() is None, f"ended before {marker!r}: {self.text[-2000:]}"
+            assert time.monotonic() < deadline, f"no {marker!r} in {self.text[-2000:]}"
+            time.sleep(0.05)
+
+
+def start(tmp_path: Path, *flags: str, fresh_cache: bool = False) -> tuple[subprocess.Popen, Output]:
+    import os
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if fresh_cache:  # nothing compiled before: the compile is long enough to be signalled inside
+        env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "xla-cache")
+    process = subprocess.Popen([sys.executable, "flowrl_jax.py", *FLAGS, f"--run-root={tmp_path / 'runs'}", *flags],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return process, Output(process)
+
+
+@pytest.mark.parametrize("moment, marker", [("env construction", "building"),
+                                            ("compilation", "compiling the training step")])
+def test_a_signal_before_any_chunk_finished_exits_at_once(tmp_path, moment, marker):
+    process, output = start(tmp_path, "--hidden-dim=24", fresh_cache=moment == "compilation")
+    output.wait_for(marker, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 143, output.text[-2000:]
+    output.thread.join(timeout=10)
+    assert "SIGTERM: nothing new to save since the start; exiting" in output.text
+    assert not list(tmp_path.glob("runs/*/checkpoints/*.msgpack"))
+
+
+def test_a_signal_during_imports_exits_promptly(tmp_path):
+    process, _ = start(tmp_path)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) != 0
+    assert not list(tmp_path.glob("runs/*/checkpoints/*.msgpack"))
+
+
+def test_the_first_signal_is_answered_at_once_and_a_second_stops_at_once(tmp_path):
+    # 50-iteration chunks: long enough that both signals land inside one chunk.
+    process, output = start(tmp_path, "--log-interval=200", "--eval-interval=100000")
+    output.wait_for("compiled and ran the first chunk", process)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output.wait_for("finishing the current chunk", process)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130, output.text[-2000:]
+    output.thread.join(timeout=10)
+    assert "SIGINT again: stopping now; last good checkpoint: None" in output.text
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not list(run_dir.glob("checkpoints/*"))  # the interval was never reached, and no partial save is left
+    steps = metric_steps(run_dir)
+    assert steps and steps == list(range(200, steps[-1] + 200, 200))  # every finished chunk's row, none torn
