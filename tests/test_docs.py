@@ -147,7 +147,8 @@ def link_errors(path: Path, text: str, root: Path = ROOT, tracked: frozenset[str
 
 @pytest.mark.parametrize("path", documents(), ids=doc_ids())
 def test_every_relative_link_resolves_inside_the_repository(path):
-    assert link_errors(path, path.read_text(), tracked=tracked_files()) == []
+    errors = link_errors(path, path.read_text(), tracked=tracked_files())
+    assert not errors, "\n".join(errors)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -258,7 +259,8 @@ def flag_errors(name: str, text: str, lines: dict[str, frozenset[str]]) -> list[
 @pytest.mark.parametrize("path", documents(), ids=doc_ids())
 def test_every_named_flag_exists_on_its_command_line(path):
     name = str(path.relative_to(ROOT))
-    assert flag_errors(name, path.read_text(), command_lines()) == []
+    errors = flag_errors(name, path.read_text(), command_lines())
+    assert not errors, "\n".join(errors)
 
 
 def test_the_flags_reference_names_every_flag_of_both_scripts():
@@ -268,7 +270,7 @@ def test_the_flags_reference_names_every_flag_of_both_scripts():
         documented = set(FLAG.findall(text))
         missing = sorted(flag for flag in lines[script] - {"--help"} if flag not in documented
                          and not flag.startswith("--no-"))
-        assert missing == [], f"{script}: flags missing from docs/flags.md"
+        assert not missing, f"{script}: flags missing from docs/flags.md: {', '.join(missing)}"
 
 
 @pytest.mark.xfail(not sac_has_hidden_dim(), strict=True,
