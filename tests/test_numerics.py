@@ -49,8 +49,9 @@ def test_disk_warning_when_checkpoints_will_not_fit(tmp_path, monkeypatch, capsy
 
 
 def test_checkpoint_size_formula_matches_the_state():
-    """README formula: replay bytes = buffer_size × (2·obs + action + 2) × 4, plus ~70 MB for the networks at width
-    512 (params, targets and Adam moments). Checked on humanoid-walk (obs 67, action 21), 1 M buffer, traced only."""
+    """docs/checkpoints.md's formula: replay bytes = buffer_size × (2·obs + action + 2) × 4, plus ~70 MB for the
+    networks at width 512 (params, targets and Adam moments). Checked on humanoid-walk (obs 67, action 21), 1 M
+    buffer, traced only."""
     args = dataclasses.replace(Args(), env="humanoid-walk")
     env = BatchedEnv(args.env, args.num_envs)
     trainer = training.make_trainer(*args.split(), flowrl.make_flowrl, env, BatchedEnv(args.env, 1))
