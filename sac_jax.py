@@ -26,6 +26,7 @@ import optax
 from flax import struct
 
 CRITIC_WIDTHS = {"reference": 512, "classic": 256}
+ACTOR_WIDTH = 256
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
@@ -36,10 +37,13 @@ class SACConfig:
     critic: Literal["reference", "classic"] = "reference"
     """`reference`: FlowRL's reference critic, with its layers (Dense, then LN → Dense → LN → GELU → Dense → LN → GELU
     → Dense → LN, then Dense(1)); `classic`: a 2-layer ReLU MLP as in the SAC paper."""
+    hidden_dim: int | None = None
+    """Width of every network (the actor and the critics); the two flags below override it per network."""
     critic_hidden_dim: int | None = None
-    """Width of each critic (default: 512 for `reference`, as in FlowRL; 256 for `classic`, as in the SAC paper)."""
-    actor_hidden_dim: int = 256
-    """Width of the actor's 2-layer ReLU MLP."""
+    """Width of each critic (default: --hidden-dim, else 512 for `reference` as in FlowRL, 256 for `classic` as in
+    the SAC paper)."""
+    actor_hidden_dim: int | None = None
+    """Width of the actor's 2-layer ReLU MLP (default: --hidden-dim, else 256)."""
     tau: float = 0.005
     """Polyak rate: target ← (1-τ)·target + τ·online after every update."""
     init_temperature: float = 1.0
@@ -60,7 +64,7 @@ class SACConfig:
         """Raise ValueError, naming the flag, for a value the algorithm cannot use."""
         if self.max_grad_norm is not None and not 0 < self.max_grad_norm < float("inf"):
             raise ValueError(f"--max-grad-norm must be a positive number, got {self.max_grad_norm}")
-        for name in ("actor_hidden_dim", "critic_hidden_dim"):
+        for name in ("hidden_dim", "actor_hidden_dim", "critic_hidden_dim"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{_flag(name)} must be a positive integer (≥ 1), got {value}")
@@ -266,7 +270,8 @@ def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
     config.validate()
     config = dataclasses.replace(
         config,
-        critic_hidden_dim=config.critic_hidden_dim or CRITIC_WIDTHS[config.critic],
+        actor_hidden_dim=config.actor_hidden_dim or config.hidden_dim or ACTOR_WIDTH,
+        critic_hidden_dim=config.critic_hidden_dim or config.hidden_dim or CRITIC_WIDTHS[config.critic],
         target_entropy=-float(action_size) if config.target_entropy is None else config.target_entropy,
     )
     actor_net = Actor(config.actor_hidden_dim, action_size)

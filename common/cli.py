@@ -9,8 +9,11 @@ parser sees the flat one. Every check runs before any env is built or anything c
 """
 
 import dataclasses
+import difflib
 import functools
 import sys
+import typing
+from pathlib import Path
 from typing import Literal
 
 import tyro
@@ -100,9 +103,7 @@ def validate_run_args(args: RunArgs) -> None:
     if args.num_envs > args.buffer_size:
         raise ValueError(f"--num-envs must be ≤ --buffer-size={args.buffer_size} (one step of all envs must fit in "
                          f"the buffer), got {args.num_envs}")
-    # Updates start at the first iteration whose env-step count reaches start_steps (at least one iteration).
-    first_update_steps = max(-(-args.start_steps // args.num_envs), 1) * args.num_envs
-    stored = min(first_update_steps, args.buffer_size)
+    stored = first_update_rows(args)
     if args.batch_size > stored:
         raise ValueError(f"--batch-size must be ≤ {stored}, the transitions stored at the first update "
                          f"(--start-steps={args.start_steps}, --num-envs={args.num_envs}), got {args.batch_size}")
@@ -133,24 +134,98 @@ def script_args(config_class: type) -> type:
                                       {"__doc__": config_class.__doc__, "split": split}))
 
 
-def parse_args(args_class: type, make_agent: MakeAlgorithm):
+# The project's algorithm scripts, so that a flag of one given to another is named as the other's.
+SCRIPTS = {"flowrl_jax.py": ("flowrl_jax", "FlowRLConfig"), "sac_jax.py": ("sac_jax", "SACConfig")}
+
+
+def _script_flags(args_class: type) -> dict[str, dataclasses.Field]:
+    """Every spelling of each flag (`--no-x` too for booleans) -> its field."""
+    spellings = {}
+    for field in dataclasses.fields(args_class):
+        spellings[flag(field.name)] = field
+        if field.type in (bool, "bool"):
+            spellings["--no-" + flag(field.name)[2:]] = field
+    return spellings
+
+
+def _scripts_with_flag(name: str) -> list[str]:
+    import importlib
+
+    return [script for script, (module, config) in SCRIPTS.items()
+            if name in _script_flags(script_args(getattr(importlib.import_module(module), config)))]
+
+
+def _value_error(name: str, annotation, value: str) -> str | None:
+    """Why `value` is no value of a flag typed `annotation` (None where it is one, or where tyro is left to say)."""
+    kinds = set(typing.get_args(annotation)) or {annotation}
+    if type(None) in kinds and value == "None":
+        return None
+    kinds.discard(type(None))
+    for kind, convert, noun in ((int, int, "an integer"), (float, float, "a number")):
+        if kinds == {kind}:
+            try:
+                convert(value)
+            except ValueError:
+                return f"{name} must be {noun}, got {value!r}"
+    if typing.get_origin(annotation) is Literal and value not in typing.get_args(annotation):
+        return f"{name} must be one of {', '.join(map(str, typing.get_args(annotation)))}, got {value!r}"
+    return None
+
+
+def check_command_line(args_class: type, argv: list[str]) -> None:
+    """Each flag exists in this script (one of the other script's is named as such) and each number or choice is
+    one: the same one-line errors as every other check, before tyro parses."""
+    spellings, hints = _script_flags(args_class), typing.get_type_hints(args_class)
+    for index, token in enumerate(argv):
+        if not token.startswith("--") or token in ("--help",):
+            continue
+        name, _, inline = token.partition("=")
+        if name not in spellings:
+            others = _scripts_with_flag(name)
+            if others:
+                raise ValueError(f"{name} is a flag of {' and '.join(others)}, not of {Path(sys.argv[0]).name}")
+            close = difflib.get_close_matches(name, spellings, n=3)
+            raise ValueError(f"unknown flag {name}" + (f"; close matches: {', '.join(close)}" if close else ""))
+        value = inline if inline else (argv[index + 1] if index + 1 < len(argv) else None)
+        annotation = hints[spellings[name].name]
+        if value is not None and annotation not in (bool,):
+            problem = _value_error(name, annotation, value)
+            if problem:
+                raise ValueError(problem)
+
+
+def first_update_rows(args: RunArgs) -> int:
+    """Transitions stored when the first update draws its batch."""
+    # Updates start at the first iteration whose env-step count reaches start_steps (at least one iteration).
+    return min(max(-(-args.start_steps // args.num_envs), 1) * args.num_envs, args.buffer_size)
+
+
+def parse_args(args_class: type, make_agent: MakeAlgorithm, argv: list[str] | None = None):
     """Parse flags; print the env list and exit for `--env list`; exit 2 with one line on any bad value.
 
     With `--resume RUN`, the run's saved flags are the defaults, and a flag given now that would change the meaning
-    of the saved train state is refused with the list of differences."""
+    of the saved train state is refused with the list of differences. A default `--batch-size` larger than what the
+    first update has stored is lowered to it, with a note; a value given is never changed."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        saved = None
-        resume_at = next((i for i, arg in enumerate(sys.argv) if arg.split("=")[0] == "--resume"), None)
-        if resume_at is not None and ("=" in sys.argv[resume_at] or resume_at + 1 < len(sys.argv)):
-            value = sys.argv[resume_at].partition("=")[2] or sys.argv[resume_at + 1]
+        check_command_line(args_class, argv)
+        resume_at = next((i for i, arg in enumerate(argv) if arg.split("=")[0] == "--resume"), None)
+        if resume_at is not None and ("=" in argv[resume_at] or resume_at + 1 < len(argv)):
+            value = argv[resume_at].partition("=")[2] or argv[resume_at + 1]
             saved = resume.saved_config(value)
             fields = {field.name for field in dataclasses.fields(args_class)}
-            args = tyro.cli(args_class, default=args_class(**{k: v for k, v in saved.items() if k in fields}))
+            args = tyro.cli(args_class, args=argv,
+                            default=args_class(**{k: v for k, v in saved.items() if k in fields}))
             differences = resume.config_differences(saved, dataclasses.asdict(args))
             if differences:
                 raise ValueError("--resume: these flags differ from the run and cannot change: " + "; ".join(differences))
         else:
-            args = tyro.cli(args_class)
+            args = tyro.cli(args_class, args=argv)
+            given = {token.partition("=")[0] for token in argv}
+            if "--batch-size" not in given and args.num_envs >= 1 and args.batch_size > first_update_rows(args) >= 1:
+                print(f"note: --batch-size {args.batch_size} (the default) is more than the {first_update_rows(args)} "
+                      f"transitions stored at the first update; using {first_update_rows(args)}", file=sys.stderr)
+                args.batch_size = first_update_rows(args)
         if args.env == "list":
             print(format_task_list())
             sys.exit(0)

@@ -1,0 +1,71 @@
+"""What a new user meets first: flags that mean the same in both scripts, defaults that adapt only when not given,
+one-line errors for every kind of bad flag, and progress that starts where a resumed run is."""
+
+import dataclasses
+
+import pytest
+
+import flowrl_jax as flowrl
+import sac_jax as sac
+from common import cli, training
+from tests.test_robust_runs import SHORT
+
+FLOWRL_FLAGS, SAC_FLAGS = cli.script_args(flowrl.FlowRLConfig), cli.script_args(sac.SACConfig)
+
+
+def parse(args_class, make, *argv):
+    return cli.parse_args(args_class, make, list(argv))
+
+
+def test_hidden_dim_sets_every_sac_width_and_the_per_network_flags_override_it():
+    assert (sac.make_sac(sac.SACConfig(hidden_dim=64), 3, 2).config.actor_hidden_dim,
+            sac.make_sac(sac.SACConfig(hidden_dim=64), 3, 2).config.critic_hidden_dim) == (64, 64)
+    both = sac.make_sac(sac.SACConfig(hidden_dim=64, actor_hidden_dim=32), 3, 2).config
+    assert (both.actor_hidden_dim, both.critic_hidden_dim) == (32, 64)
+    default = sac.make_sac(sac.SACConfig(), 3, 2).config
+    assert (default.actor_hidden_dim, default.critic_hidden_dim) == (256, 512)  # unchanged without the flag
+
+
+def test_both_scripts_accept_every_shared_flag():
+    shared = {field.name for field in dataclasses.fields(cli.RunArgs)} | {
+        "hidden_dim", "learning_rate", "gamma", "max_grad_norm", "normalize_observations"}
+    for args_class in (FLOWRL_FLAGS, SAC_FLAGS):
+        names = {field.name for field in dataclasses.fields(args_class)}
+        assert shared <= names, shared - names
+
+
+@pytest.mark.parametrize("args_class, make, argv, message", [
+    (SAC_FLAGS, sac.make_sac, ["--lagrange", "0.1"], "--lagrange is a flag of flowrl_jax.py, not of"),
+    (FLOWRL_FLAGS, flowrl.make_flowrl, ["--tau=0.01"], "--tau is a flag of sac_jax.py, not of"),
+    (FLOWRL_FLAGS, flowrl.make_flowrl, ["--hiden-dim", "3"], "unknown flag --hiden-dim; close matches: --hidden-dim"),
+    (FLOWRL_FLAGS, flowrl.make_flowrl, ["--hidden-dim", "abc"], "--hidden-dim must be an integer, got 'abc'"),
+    (SAC_FLAGS, sac.make_sac, ["--learning-rate", "fast"], "--learning-rate must be a number, got 'fast'"),
+    (SAC_FLAGS, sac.make_sac, ["--critic", "wide"], "--critic must be one of reference, classic, got 'wide'"),
+    (FLOWRL_FLAGS, flowrl.make_flowrl, ["--resume", "runs/nope"], "--resume: runs/nope does not exist"),
+])
+def test_every_bad_flag_is_one_line_exit_2(capsys, args_class, make, argv, message):
+    with pytest.raises(SystemExit) as stopped:
+        parse(args_class, make, *argv)
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in error and len(error.strip().splitlines()) == 1, error
+
+
+def test_the_default_batch_adapts_to_a_short_run_and_a_given_one_never_does(tmp_path, capsys):
+    short = ["--env", "cartpole-balance", "--total-steps", "2000", "--start-steps", "500", "--num-envs", "4",
+             f"--run-root={tmp_path}"]
+    args = parse(SAC_FLAGS, sac.make_sac, *short)
+    assert args.batch_size == 500 and "using 500" in capsys.readouterr().err
+    assert parse(SAC_FLAGS, sac.make_sac, *short, "--batch-size", "256").batch_size == 256
+    with pytest.raises(SystemExit):
+        parse(SAC_FLAGS, sac.make_sac, *short, "--batch-size", "512")
+    assert "--batch-size must be ≤ 500" in capsys.readouterr().err
+    assert parse(SAC_FLAGS, sac.make_sac, "--env", "cartpole-balance", f"--run-root={tmp_path}").batch_size == 512
+
+
+def test_a_resumed_run_progress_starts_at_its_step(tmp_path, capsys):
+    training.run(dataclasses.replace(SHORT, run_root=str(tmp_path)), flowrl.make_flowrl, "flowrl")
+    (run_dir,) = tmp_path.iterdir()
+    capsys.readouterr()
+    training.run(dataclasses.replace(SHORT, resume=str(run_dir), total_steps=40), flowrl.make_flowrl, "flowrl")
+    bar = capsys.readouterr().err
+    assert "32.0/40.0" in bar.split("compiling the training step")[0], bar[-1000:]  # before the first new chunk
