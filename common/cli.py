@@ -8,13 +8,16 @@ parser sees the flat one. Every check runs before any env is built or anything c
 2 and one line naming the flag.
 """
 
+import ast
 import dataclasses
 import difflib
 import functools
+import inspect
 import sys
+import textwrap
 import typing
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -194,6 +197,72 @@ def check_command_line(args_class: type, argv: list[str]) -> None:
                 raise ValueError(problem)
 
 
+# How `--help` groups the run flags; the algorithm's config is one more group, "algorithm hyperparameters".
+HELP_GROUPS = {
+    "task and envs": ("env", "backend", "num_envs", "physics", "host_threads", "episode_length", "seed", "num_seeds"),
+    "replay and updates": ("updates_per_iteration", "batch_size", "buffer_size", "start_steps"),
+    "run length and evaluation": ("total_steps", "eval_interval", "eval_episodes", "eval_mode", "log_interval"),
+    "checkpoints": ("run_root", "checkpoint_interval", "keep_checkpoints", "resume"),
+    "logging": ("wandb", "wandb_project"),
+}
+EXAMPLES = """examples:
+  python {script} --env humanoid-walk                          128 MJX envs on the accelerator, 1 M env steps
+  python {script} --env dog-run --num-seeds 5                  the original DM Control dog, 5 seeds at once
+  python {script} --resume runs/<run> --total-steps 2000000    continue a run from its last checkpoint"""
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring (the string right below it), on one line, through the class's bases."""
+    docs = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # builtins, and classes made at run time
+            continue
+        body = tree.body[0].body
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+@functools.cache
+def help_view(args_class: type) -> type:
+    """The flat flags as tyro parses them: one nested group per HELP_GROUPS entry and one for the algorithm's
+    hyperparameters, with each docstring on one line (no ragged breaks) and no "(default: None)" beside a docstring
+    that says what None means. Flag names stay flat (OmitArgPrefixes)."""
+    docs, fields = field_docs(args_class), {f.name: f for f in dataclasses.fields(args_class)}
+    run_names = {f.name for f in dataclasses.fields(RunArgs)}
+    groups = {**HELP_GROUPS, "algorithm hyperparameters": tuple(n for n in fields if n not in run_names)}
+
+    def group_class(title: str, names: tuple[str, ...]) -> type:
+        members = [(name, Annotated[fields[name].type, tyro.conf.arg(
+            help=docs.get(name), help_behavior_hint="" if fields[name].default is None else None)],
+                    dataclasses.field(default=fields[name].default)) for name in names]
+        return dataclasses.make_dataclass(title.title().replace(" ", ""), members)
+
+    view = dataclasses.make_dataclass("Flags", [(title.replace(" ", "_"), group_class(title, names))
+                                                for title, names in groups.items()])
+    return tyro.conf.OmitArgPrefixes[view]
+
+
+def parse_with_tyro(args_class: type, argv: list[str], defaults):
+    """tyro over the grouped view, flattened back into `args_class`; `--help` ends with EXAMPLES."""
+    view = typing.get_args(help_view(args_class))[0]
+    groups = {f.name: f.type for f in dataclasses.fields(view)}
+    default = view(**{name: group(**{f.name: getattr(defaults, f.name) for f in dataclasses.fields(group)})
+                      for name, group in groups.items()})
+    try:
+        parsed = tyro.cli(help_view(args_class), args=argv, default=default, prog=Path(sys.argv[0]).name)
+    except SystemExit as exit_:
+        if exit_.code == 0 and {"-h", "--help"} & set(argv):
+            print(EXAMPLES.format(script=Path(sys.argv[0]).name))
+        raise
+    return args_class(**{name: value for group in groups for name, value in
+                         dataclasses.asdict(getattr(parsed, group)).items()})
+
+
 def first_update_rows(args: RunArgs) -> int:
     """Transitions stored when the first update draws its batch."""
     # Updates start at the first iteration whose env-step count reaches start_steps (at least one iteration).
@@ -214,13 +283,12 @@ def parse_args(args_class: type, make_agent: MakeAlgorithm, argv: list[str] | No
             value = argv[resume_at].partition("=")[2] or argv[resume_at + 1]
             saved = resume.saved_config(value)
             fields = {field.name for field in dataclasses.fields(args_class)}
-            args = tyro.cli(args_class, args=argv,
-                            default=args_class(**{k: v for k, v in saved.items() if k in fields}))
+            args = parse_with_tyro(args_class, argv, args_class(**{k: v for k, v in saved.items() if k in fields}))
             differences = resume.config_differences(saved, dataclasses.asdict(args))
             if differences:
                 raise ValueError("--resume: these flags differ from the run and cannot change: " + "; ".join(differences))
         else:
-            args = tyro.cli(args_class, args=argv)
+            args = parse_with_tyro(args_class, argv, args_class())
             given = {token.partition("=")[0] for token in argv}
             if "--batch-size" not in given and args.num_envs >= 1 and args.batch_size > first_update_rows(args) >= 1:
                 print(f"note: --batch-size {args.batch_size} (the default) is more than the {first_update_rows(args)} "

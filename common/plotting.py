@@ -77,6 +77,11 @@ def draw_learning_curve(ax, data: dict[str, np.ndarray], title: str) -> None:
                               label=f"{mode} (mean of {len(seeds)} seeds)")
             for seed_step, mean, _ in per_seed:
                 ax.plot(seed_step, mean, color=line.get_color(), alpha=0.35, linewidth=0.8)
+    steps = np.unique(data["step"])
+    if len(steps) <= 2:  # a lone dot would sit on an axis matplotlib centres on it: show the run from step 0
+        for line in ax.get_lines():
+            line.set_markersize(7)
+        ax.set_xlim(0, steps.max() * 1.15)
     ylabel = "eval return (mean ± std over episodes)" if len(seeds) == 1 else "eval return (thin lines: seeds)"
     ax.set(xlabel="env steps", ylabel=ylabel, title=title)
     ax.xaxis.set_major_formatter(EngFormatter())  # 500k, 1M rather than an offset like 1e6

@@ -16,49 +16,22 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
 from typing import NamedTuple
+
+from common.task_table import TASKS
 
 BACKENDS = ("playground", "dm_control", "gymnasium")
 
 # dm_control-style name -> Playground name, all 25 tasks of mujoco_playground.dm_control_suite.ALL_ENVS.
-# Kept as a literal so that name checks and `--env list` need no MJX import.
-ENV_NAMES: dict[str, str] = {
-    "acrobot-swingup": "AcrobotSwingup",
-    "acrobot-swingup-sparse": "AcrobotSwingupSparse",
-    "ball-in-cup-catch": "BallInCup",
-    "cartpole-balance": "CartpoleBalance",
-    "cartpole-balance-sparse": "CartpoleBalanceSparse",
-    "cartpole-swingup": "CartpoleSwingup",
-    "cartpole-swingup-sparse": "CartpoleSwingupSparse",
-    "cheetah-run": "CheetahRun",
-    "finger-spin": "FingerSpin",
-    "finger-turn-easy": "FingerTurnEasy",
-    "finger-turn-hard": "FingerTurnHard",
-    "fish-swim": "FishSwim",
-    "hopper-hop": "HopperHop",
-    "hopper-stand": "HopperStand",
-    "humanoid-stand": "HumanoidStand",
-    "humanoid-walk": "HumanoidWalk",
-    "humanoid-run": "HumanoidRun",
-    "pendulum-swingup": "PendulumSwingup",
-    "point-mass-easy": "PointMass",  # Playground's PointMass is dm_control's point_mass-easy (fixed gains)
-    "reacher-easy": "ReacherEasy",
-    "reacher-hard": "ReacherHard",
-    "swimmer-swimmer6": "SwimmerSwimmer6",
-    "walker-stand": "WalkerStand",
-    "walker-walk": "WalkerWalk",
-    "walker-run": "WalkerRun",
-}
+ENV_NAMES: dict[str, str] = {name: source for name, backend, source, _, _ in TASKS if backend == "playground"}
+# The package each backend needs: a backend whose package is not installed has no tasks (GPU machines may carry
+# Playground alone).
+PACKAGES = {"playground": "mujoco_playground", "dm_control": "dm_control", "gymnasium": "gymnasium"}
 
 
 class UnknownEnvError(ValueError):
     """An --env value that names no task of the chosen backend."""
-
-
-class Task(NamedTuple):
-    name: str      # the canonical name: `humanoid-walk`, `dog-run`, `Ant-v4`
-    backend: str   # one of BACKENDS
-    source: str    # the backend's own name: Playground's `HumanoidWalk`, dm_control's `dog-run`, Gymnasium's `Ant-v4`
 
 
 def dm_control_suite():
@@ -85,30 +58,37 @@ def _normalise(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
+class Task(NamedTuple):
+    name: str      # the canonical name: `humanoid-walk`, `dog-run`, `Ant-v4`
+    backend: str   # one of BACKENDS
+    source: str    # the backend's own name: Playground's `HumanoidWalk`, dm_control's `dog-run`, Gymnasium's `Ant-v4`
+
+
 @functools.cache
 def _tasks(backend: str) -> dict[str, Task]:
-    """Normalised spelling -> Task, for one backend (imports that backend's task list, not its physics). A host
-    backend whose package is not installed has no tasks: GPU machines may carry Playground alone."""
-    try:
-        return _backend_tasks(backend)
-    except ImportError:
+    """Normalised spelling -> Task, for one backend, from the literal table (no simulator is imported)."""
+    if importlib.util.find_spec(PACKAGES[backend]) is None:
         return {}
+    tasks = {_normalise(name): Task(name, backend, source) for name, owner, source, _, _ in TASKS if owner == backend}
+    if backend == "playground":  # Playground's own names work too; they contain no '_' or '-', so cannot collide
+        tasks.update({task.source.lower(): task for task in list(tasks.values())})
+    return tasks
 
 
-def _backend_tasks(backend: str) -> dict[str, Task]:
+def library_tasks(backend: str) -> list[Task]:
+    """The tasks as the installed library lists them (imports it): what the literal table must equal."""
     if backend == "playground":
-        tasks = {dm: Task(dm, backend, pg) for dm, pg in ENV_NAMES.items()}
-        # Playground names contain no '_' or '-', so they cannot collide with dm_control-style ones.
-        return {**tasks, **{pg.lower(): tasks[dm] for dm, pg in ENV_NAMES.items()}}
+        from mujoco_playground import dm_control_suite as playground
+
+        names = {pg: dm for dm, pg in ENV_NAMES.items()}
+        return [Task(names.get(pg, pg), backend, pg) for pg in playground.ALL_ENVS]
     if backend == "dm_control":
-        suite = dm_control_suite()
-        return {_normalise(f"{d}-{t}"): Task(_normalise(f"{d}-{t}"), backend, f"{d}-{t}") for d, t in suite.ALL_TASKS}
+        return [Task(_normalise(f"{d}-{t}"), backend, f"{d}-{t}") for d, t in dm_control_suite().ALL_TASKS]
     import gymnasium
 
     # v2/v3 need the retired mujoco-py, and Pusher-v4 refuses mujoco >= 3 (Gymnasium issue 950).
-    ids = [i for i, spec in gymnasium.registry.items()
-           if "mujoco" in str(spec.entry_point) and i.endswith(("-v4", "-v5")) and i != "Pusher-v4"]
-    return {_normalise(i): Task(i, backend, i) for i in ids}
+    return [Task(i, backend, i) for i, spec in gymnasium.registry.items()
+            if "mujoco" in str(spec.entry_point) and i.endswith(("-v4", "-v5")) and i != "Pusher-v4"]
 
 
 def resolve_task(name: str, backend: str = "auto") -> Task:
@@ -136,22 +116,36 @@ def all_tasks() -> list[Task]:
     return [task for backend in BACKENDS for task in dict.fromkeys(_tasks(backend).values())]
 
 
+def task_sizes() -> dict[tuple[str, str], tuple[int, int]]:
+    """(name, backend) -> (observation size, action size), from the literal table."""
+    return {(name, backend): (obs, action) for name, backend, _, obs, action in TASKS}
+
+
 def format_task_list() -> str:
-    """What `--env list` prints: name, backend, the backend's own name, and for Gymnasium (cheap to build) the
+    """What `--env list` prints: a header, then each task's name, backend, the backend's own name and its
     observation and action sizes."""
-    import warnings
+    sizes = task_sizes()
+    rows = [(task.name, task.backend, task.source, "obs {}, action {}".format(*sizes[task.name, task.backend]))
+            for task in all_tasks()]
+    widths = [max(len(row[i]) for row in rows + [("task", "backend", "backend's name")]) + 2 for i in range(3)]
+    header = "".join(f"{cell:<{w}}" for cell, w in zip(("task", "backend", "backend's name"), widths)) + "sizes"
+    return "\n".join([header] + ["".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + row[3] for row in rows])
 
-    rows = []
-    for task in all_tasks():
-        sizes = ""
-        if task.backend == "gymnasium":
-            import gymnasium
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # v4's deprecation notice, once per task
-                env = gymnasium.make(task.source)
-            sizes = f"obs {env.observation_space.shape[0]}, action {env.action_space.shape[0]}"
-            env.close()
-        rows.append((task.name, task.backend, task.source, sizes))
-    widths = [max(len(row[i]) for row in rows) + 2 for i in range(3)]
-    return "\n".join(("".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + row[3]).rstrip() for row in rows)
+def measure_sizes(task: Task) -> tuple[int, int]:
+    """(observation size, action size) of one env of the task, built (seconds each)."""
+    if task.backend == "playground":
+        from common.envs import BatchedEnv
+
+        env = BatchedEnv(task.source, 1)
+    else:
+        from common.host_envs import HostBatchedEnv
+
+        env = HostBatchedEnv(task, 1, episode_length=1000)  # the LQR tasks have no time limit of their own
+    return env.obs_size, env.action_size
+
+
+if __name__ == "__main__":  # the literal table's rows, from the installed libraries
+    for backend in BACKENDS:
+        for task in library_tasks(backend):
+            print(f"    {(task.name, backend, task.source, *measure_sizes(task))!r},".replace("'", '"'))

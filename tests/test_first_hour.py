@@ -69,3 +69,35 @@ def test_a_resumed_run_progress_starts_at_its_step(tmp_path, capsys):
     training.run(dataclasses.replace(SHORT, resume=str(run_dir), total_steps=40), flowrl.make_flowrl, "flowrl")
     bar = capsys.readouterr().err
     assert "32.0/40.0" in bar.split("compiling the training step")[0], bar[-1000:]  # before the first new chunk
+
+
+def test_help_is_grouped_on_whole_lines_and_ends_with_examples():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    grouped = {name for names in cli.HELP_GROUPS.values() for name in names}
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(cli.RunArgs))  # each run flag in one group
+    assert sum(len(names) for names in cli.HELP_GROUPS.values()) == len(grouped)
+    result = subprocess.run([sys.executable, "sac_jax.py", "--help"], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    text = result.stdout
+    for title in (*cli.HELP_GROUPS, "algorithm hyperparameters"):
+        assert f"{title.replace(' ', '-')} options" in text
+    assert text.rstrip().splitlines()[-4] == "examples:"
+    assert "(default: None)" not in text and "--hidden-dim" in text
+    docs = cli.field_docs(SAC_FLAGS)  # what the help shows: every docstring, its own line breaks gone
+    assert set(docs) == {f.name for f in dataclasses.fields(SAC_FLAGS)} and not any("\n" in d for d in docs.values())
+
+
+def test_a_curve_with_one_evaluation_shows_the_run_from_step_0(tmp_path):
+    from matplotlib.figure import Figure
+
+    from common.plotting import draw_learning_curve, read_eval_csv
+
+    (tmp_path / "eval.csv").write_text("step,seed,mode,return_mean,return_std\n5000,1,stochastic,120.0,4.0\n")
+    ax = Figure().add_subplot()
+    draw_learning_curve(ax, read_eval_csv(tmp_path / "eval.csv"), "flowrl on cartpole-balance (playground, seed 1)")
+    assert ax.get_xlim()[0] == 0 and ax.get_xlim()[1] > 5000
+    assert ax.get_lines()[0].get_markersize() >= 7 and "playground" in ax.get_title()

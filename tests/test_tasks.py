@@ -9,7 +9,7 @@ import pytest
 
 from common.envs import resolve_env_name
 from common.tasks import (BACKENDS, ENV_NAMES, Task, UnknownEnvError, all_tasks, dm_control_suite, format_task_list,
-                          resolve_task)
+                          library_tasks, measure_sizes, resolve_task, task_sizes)
 
 
 def test_env_names_cover_all_playground_dmc_tasks_once():
@@ -70,8 +70,11 @@ def test_unknown_env_name_lists_close_matches():
 
 
 def test_task_list_has_every_task_with_its_backend():
-    rows = [line.split() for line in format_task_list().splitlines()]
+    header, *lines = format_task_list().splitlines()
+    assert header.split() == ["task", "backend", "backend's", "name", "sizes"]
+    rows = [line.split() for line in lines]
     assert [row[:3] for row in rows] == [[t.name, t.backend, t.source] for t in all_tasks()]
+    assert all(row[3] == "obs" and row[5] == "action" for row in rows)  # sizes for every backend
     assert {t.backend for t in all_tasks()} == set(BACKENDS)
     assert ["Humanoid-v4", "gymnasium", "Humanoid-v4", "obs", "376,", "action", "17"] in rows
     assert "Pusher-v4" not in {t.name for t in all_tasks()}  # Gymnasium refuses to build it with mujoco >= 3
@@ -82,4 +85,31 @@ def test_name_checks_do_not_import_physics():
     code = ("import sys; from common.tasks import format_task_list, resolve_task; format_task_list();"
             "resolve_task('humanoid-walk'); resolve_task('dog-run');"
             "assert 'mujoco_playground' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_literal_task_table_equals_the_libraries(backend):
+    assert sorted(t for t in all_tasks() if t.backend == backend) == sorted(library_tasks(backend))
+
+
+@pytest.mark.parametrize("name", ["cartpole-balance", "dog-run", "lqr-lqr-2-1", "Humanoid-v5"])
+def test_the_table_sizes_are_those_of_the_built_env(name):
+    task = resolve_task(name)
+    assert task_sizes()[task.name, task.backend] == measure_sizes(task)
+
+
+def test_env_list_prints_no_library_warnings():
+    result = subprocess.run([sys.executable, "flowrl_jax.py", "--env", "list"], capture_output=True, text=True,
+                            cwd=pathlib.Path(__file__).parents[1], timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("task ")
+    assert "Warning" not in result.stderr and "warn" not in result.stderr.lower(), result.stderr
+
+
+def test_a_bad_name_is_refused_without_importing_any_simulator():
+    code = ("import sys; from common.tasks import resolve_task\n"
+            "try:\n    resolve_task('humanoid-wlk')\nexcept ValueError as e:\n    assert 'humanoid-walk' in str(e)\n"
+            "resolve_task('Ant-v4'); resolve_task('dog-run')\n"
+            "loaded = {'mujoco', 'mujoco_playground', 'dm_control', 'gymnasium'} & set(sys.modules)\n"
+            "assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[1])
