@@ -38,7 +38,7 @@ from common.host_envs import HostBatchedEnv
 from common.logger import RunLogger, make_run_dir
 from common.resources import check_memory, format_bytes, tree_bytes
 from common.run_lock import RunLocked, lock_run_dir
-from common.tasks import resolve_task
+from common.tasks import resolve_task, task_sizes
 
 
 class TrainState(struct.PyTreeNode):
@@ -239,12 +239,23 @@ def run(flags, make_agent: MakeAlgorithm, algo: str) -> None:
     checkpoint is read, verified and locked before any env is built."""
     args, config = flags.split()
     resumed = open_resumed_run(args) if args.resume else None
-    print(f"{algo} on {args.env} ({args.backend}): building {args.num_envs} training and {args.eval_episodes} "
-          f"evaluation envs", flush=True)
+    print(opening_line(args, algo), flush=True)
     env, eval_env = (make_env(args.env, args.backend, num_envs, physics=args.physics,
                               episode_length=args.episode_length, host_threads=args.host_threads)
                      for num_envs in (args.num_envs, args.eval_episodes))
     train(make_trainer(args, config, make_agent, env, eval_env), args, algo, env, resumed)
+
+
+def opening_line(args: RunArgs, algo: str) -> str:
+    """What the run is, said before the envs are built (seconds on a CPU): the replay's size comes from the task
+    table's sizes (obs, next obs, action, reward and mask per row, float32)."""
+    task = resolve_task(args.env, args.backend)
+    obs_size, action_size = task_sizes()[task.name, task.backend]
+    replay = args.buffer_size * (2 * obs_size + action_size + 2) * 4 * args.num_seeds
+    devices = jax.devices()
+    return (f"{algo} on {task.name} ({task.backend}, {len(devices)} × {devices[0].device_kind}): E={args.num_envs} "
+            f"U={args.updates_per_iteration} batch={args.batch_size} seeds={args.num_seeds}, replay "
+            f"{format_bytes(replay)}; building the envs")
 
 
 class ResumedRun(NamedTuple):
@@ -354,13 +365,9 @@ def evaluate_and_log(trainer: Trainer, state: TrainState, step: int, eval_keys, 
     return postfix
 
 
-def start_line(args: RunArgs, env: VectorEnv, template, run_dir: Path) -> str:
-    """What the run is, said before anything compiles."""
-    devices = jax.devices()
-    device = f"{len(devices)} × {devices[0].device_kind}" if len(devices) > 1 else devices[0].device_kind
-    return (f"{env.name} on {env.backend} ({device}): E={args.num_envs} U={args.updates_per_iteration} "
-            f"batch={args.batch_size} seeds={args.num_seeds}; train state {format_bytes(tree_bytes(template))} "
-            f"(replay {format_bytes(tree_bytes(template.buffer))}); run directory {run_dir}")
+def start_line(template, run_dir: Path) -> str:
+    """Said once the envs are built, before anything compiles."""
+    return f"train state {format_bytes(tree_bytes(template))}; run directory {run_dir}"
 
 
 def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: ResumedRun | None = None) -> None:
@@ -376,7 +383,7 @@ def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: R
     template = jax.eval_shape(trainer.init, init_keys)
     check_memory(template, jax.devices()[0], "the train state (replay, networks, optimiser and env states)")
     start = start_or_resume(args, algo, env, template, seed_label, resumed)
-    print(start_line(args, env, template, start.run_dir), flush=True)
+    print(start_line(template, start.run_dir), flush=True)
     resume.warn_if_disk_is_short(start.run_dir, checkpoint.checkpoint_bytes(template) * (args.keep_checkpoints + 1))
 
     steps_per_chunk = trainer.env_steps_per_chunk
