@@ -192,6 +192,20 @@ class BatchedEnv:
         )
         return new_state, out
 
+    @property
+    def control_dt(self) -> float:
+        """Simulated seconds per call of `step`: a video's frame period."""
+        return float(self.env.dt) * self.action_repeat
+
+    def first_env_scene(self, state: EnvState) -> dict:
+        """What a video frame of env 0 needs from the state (common.evaluation's `record`): its positions and
+        velocities, and its mocap poses where the task moves mocap bodies (reacher's target)."""
+        data = state.physics.data
+        scene = dict(qpos=data.qpos[0], qvel=data.qvel[0])
+        if self.env.mj_model.nmocap:
+            scene.update(mocap_pos=data.mocap_pos[0], mocap_quat=data.mocap_quat[0])
+        return scene
+
     def capture(self, state: EnvState) -> EnvState:
         """The state as a checkpoint must hold it: already complete, as all of it lives in the pytree."""
         return state

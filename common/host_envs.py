@@ -59,10 +59,14 @@ _DM_CONTROL_MODEL_FIELDS = (
 _INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
 
 
-def _physics_arrays(model, data) -> list[np.ndarray]:
+def _integration_state(model, data) -> np.ndarray:
     state = np.empty(mujoco.mj_stateSize(model, _INTEGRATION))
     mujoco.mj_getState(model, data, state, _INTEGRATION)
-    return [state] + [getattr(data, name) for name in _DERIVED_FIELDS]
+    return state
+
+
+def _physics_arrays(model, data) -> list[np.ndarray]:
+    return [_integration_state(model, data)] + [getattr(data, name) for name in _DERIVED_FIELDS]
 
 
 def _set_physics_arrays(model, data, arrays, recompute_positions: bool) -> None:
@@ -88,6 +92,7 @@ class _DMControlTask:
         self.action_low, self.action_high = spec.minimum.astype(np.float32), spec.maximum.astype(np.float32)
         self.obs_size = int(self.env.observation_spec()["observations"].shape[0])
         self.model, self.data = self.env.physics.model.ptr, self.env.physics.data.ptr
+        self.control_dt = float(self.env.control_timestep())
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is not None:
@@ -119,6 +124,18 @@ class _DMControlTask:
         keys, (position, has_gauss), (gauss,) = arrays[-3:]
         self.env.task.random.set_state(("MT19937", keys, int(position), int(has_gauss), float(gauss)))
 
+    def scene_arrays(self) -> list[np.ndarray]:
+        """What a video frame needs: the integration state and the model fields that the episode's reset chose."""
+        return [_integration_state(self.model, self.data),
+                *(getattr(self.model, name).copy() for name in _DM_CONTROL_MODEL_FIELDS)]
+
+    def show_scene(self, arrays: list[np.ndarray]) -> None:
+        """Pose this env (one that only renders) as `scene_arrays` captured another."""
+        for name, value in zip(_DM_CONTROL_MODEL_FIELDS, arrays[1:]):
+            np.copyto(getattr(self.model, name), value)
+        mujoco.mj_setState(self.model, self.data, arrays[0], _INTEGRATION)
+        mujoco.mj_forward(self.model, self.data)
+
 
 class _GymnasiumTask:
     """One Gymnasium MuJoCo env without its wrappers (the pool keeps the time limit)."""
@@ -137,6 +154,7 @@ class _GymnasiumTask:
         self.action_low, self.action_high = space.low.astype(np.float32), space.high.astype(np.float32)
         self.obs_size = int(self.env.observation_space.shape[0])
         self.model, self.data = self.env.model, self.env.data
+        self.control_dt = float(self.env.dt)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         return self.env.reset(seed=seed)[0]
@@ -160,6 +178,15 @@ class _GymnasiumTask:
                            "state": {"state": s0 | s1 << 64, "inc": i0 | i1 << 64},
                            "has_uint32": has_uint32, "uinteger": uinteger}
 
+    def scene_arrays(self) -> list[np.ndarray]:
+        """What a video frame needs: the integration state (Gymnasium's models do not change at reset)."""
+        return [_integration_state(self.model, self.data)]
+
+    def show_scene(self, arrays: list[np.ndarray]) -> None:
+        """Pose this env (one that only renders) as `scene_arrays` captured another."""
+        mujoco.mj_setState(self.model, self.data, arrays[0], _INTEGRATION)
+        mujoco.mj_forward(self.model, self.data)
+
 
 def _make_task(task):
     return _DMControlTask(task.source) if task.backend == "dm_control" else _GymnasiumTask(task.source)
@@ -174,6 +201,7 @@ class _Pool:
         self.episode_steps = np.zeros(0, np.int64)
         self.calls = 0
         self.warned = False
+        self.recording = None  # a list while an evaluation video is filmed: env 0's scene before each step
         self.step_seconds = 0.0  # wall time in step(): the host's share of training (benchmarks/host_throughput.py)
         # Each env's snapshot row: its state arrays, then its episode step.
         self.layout = [(a.shape, a.dtype) for a in map(np.asarray, first.state_arrays())] + [((1,), np.dtype(np.int64))]
@@ -198,6 +226,8 @@ class _Pool:
     def step(self, sync: np.ndarray, actions: np.ndarray):
         start = time.perf_counter()
         self._check(sync)
+        if self.recording is not None:
+            self.recording.append(self.envs[0].scene_arrays())
         n = len(actions)
         out = dict(next_obs=np.zeros((n, self.envs[0].obs_size), np.float32),
                    obs=np.zeros((n, self.envs[0].obs_size), np.float32), reward=np.zeros(n, np.float32),
@@ -294,6 +324,7 @@ class HostBatchedEnv:
         if episode_length is not None:
             require_positive("episode_length", episode_length)
         self.name, self.backend, self.backend_task = task.name, task.backend, task.source
+        self.task, self._scene_env = task, None
         first = _make_task(task)
         self.episode_length = episode_length or first.default_episode_length
         if self.episode_length is None:
@@ -302,6 +333,7 @@ class HostBatchedEnv:
         self.obs_size = first.obs_size
         self.action_size = len(first.action_low)
         self.action_low, self.action_high = first.action_low, first.action_high
+        self.control_dt = first.control_dt  # simulated seconds per `step`: a video's frame period
         self.pool = _Pool(task, first, self.episode_length, threads or os.cpu_count() or 1)
         self.snapshot_bytes = self.pool.snapshot_bytes
         self._reset_call = self._host_call(self.pool.reset, lambda n: (
@@ -349,3 +381,22 @@ class HostBatchedEnv:
         """Put a captured state back into the host envs, so that stepping continues from it."""
         snapshot = np.asarray(state.snapshot).reshape(-1, self.snapshot_bytes)
         self.pool.restore(snapshot, np.asarray(state.sync).reshape(-1))
+
+    def first_env_scene(self, state: HostEnvState) -> dict:
+        """Nothing: the host records env 0's scene itself while `recording` (common.evaluation's `record`)."""
+        return {}
+
+    def start_recording(self) -> None:
+        """From the next step on, keep env 0's scene before each step (of the first seed's env 0 under vmap)."""
+        self.pool.recording = []
+
+    def stop_recording(self) -> list[list[np.ndarray]]:
+        """The scenes kept since start_recording, one per step, and stop keeping them."""
+        recording, self.pool.recording = self.pool.recording or [], None
+        return recording
+
+    def scene_env(self):
+        """An env of the task that only renders, made on first use: `show_scene(arrays)` poses its model and data."""
+        if self._scene_env is None:
+            self._scene_env = _make_task(self.task)
+        return self._scene_env
