@@ -15,15 +15,19 @@ Classic SAC (one env, one update per env step): `--num-envs 1 --updates-per-iter
 """
 
 import dataclasses
+import hashlib
+import json
 import math
 from functools import partial
+from pathlib import Path
 from typing import Callable, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from flax import struct
+from flax import serialization, struct, traverse_util
 
 CRITIC_WIDTHS = {"reference": 512, "classic": 256}
 ACTOR_WIDTH = 256
@@ -354,12 +358,55 @@ def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# The exported policy: policy_<step>.msgpack beside each checkpoint (docs/videos.md). The same reader is in both
+# algorithm files, so that each stands alone.
+# ----------------------------------------------------------------------------------------------------------------------
+POLICY_FORMAT = "flowrl-jax-policy/1"
+POLICY_FIELDS = ("actor", "obs_stats")  # the state's fields that `act` reads: what the file holds
+
+
+def read_policy_file(path) -> tuple[dict, dict]:
+    """(fields, metadata) of an exported policy whose format and SHA-256 check out; ValueError otherwise. flax's
+    msgpack_restore yields only dicts, strings and arrays, so reading a file runs no code."""
+    try:
+        payload = serialization.msgpack_restore(Path(path).read_bytes())
+        if payload.get("format") != POLICY_FORMAT:
+            raise ValueError(f"its format is not {POLICY_FORMAT}")
+        text, fields = payload["metadata"], payload["fields"]
+        arrays = traverse_util.flatten_dict(fields, sep="/")
+        if not all(isinstance(array, np.ndarray) for array in arrays.values()):
+            raise ValueError("a field holds something other than arrays")
+        sha = hashlib.sha256(text.encode())
+        for name, array in sorted(arrays.items()):
+            sha.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+            sha.update(np.ascontiguousarray(array).tobytes())
+        if sha.hexdigest() != payload["sha256"]:
+            raise ValueError("checksum mismatch: its contents differ from those written")
+        return fields, json.loads(text)
+    except Exception as error:  # whatever the bytes hold, one message names the file and the fault
+        raise ValueError(f"{path}: not a valid exported policy ({type(error).__name__}: {error})") from error
+
+
+def load_policy(path) -> tuple[SAC, SACState, dict]:
+    """(agent, state, metadata) of an exported policy: agent.act(state, obs, key, deterministic) acts as the trained
+    policy did, in [-1, 1]; metadata["action_low"] and ["action_high"] are the env's bounds. Only the fields in
+    POLICY_FIELDS hold trained values (the critics are fresh)."""
+    fields, metadata = read_policy_file(path)
+    agent = make_sac(SACConfig(**metadata["config"]), metadata["obs_size"], metadata["action_size"])
+    template = agent.init(jax.random.key(0))
+    state = template.replace(**{name: serialization.from_state_dict(getattr(template, name), value)
+                                for name, value in fields.items()})
+    return agent, state, metadata
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Command line: `python sac_jax.py --env humanoid-walk`, `--help` for every flag
 # ----------------------------------------------------------------------------------------------------------------------
 def main() -> None:
     from common import cli  # the harness, imported here so that the algorithm above needs nothing of ours
+    from common.policy_export import PolicyFile
 
-    cli.main("sac", SACConfig, make_sac)
+    cli.main("sac", SACConfig, make_sac, PolicyFile(POLICY_FIELDS, load_policy))
 
 
 if __name__ == "__main__":

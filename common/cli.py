@@ -25,6 +25,7 @@ from common import resume, stopping
 from common.checks import flag, require_positive
 from common.resources import check_run_root
 from common.contract import MakeAlgorithm
+from common.policy_export import PolicyFile
 from common.tasks import format_task_list, resolve_task
 
 
@@ -81,6 +82,33 @@ class RunArgs:
     """Also log to Weights & Biases (needs `pip install wandb`)."""
     wandb_project: str = "flowrl-jax"
     """W&B project name."""
+    video_interval: int = 0
+    """K: film one evaluation episode every K-th evaluation and at the end, into <run>/videos/<step>.mp4 and the
+    logs (0: no videos)."""
+    video_size: str = "320x240"
+    """Video frame size: WIDTHxHEIGHT, or a height alone (the width is 4/3 of it); both even."""
+    play: str | None = None
+    """Instead of training, replay an exported policy: a run directory (its newest), a checkpoint (the policy file
+    beside it) or a policy file; prints each episode's return and writes an mp4. `--eval-mode` picks the mode."""
+    play_episodes: int | None = None
+    """Episodes that `--play` runs (default: the run's `--eval-episodes`, so that deterministic returns equal the
+    run's own evaluation at that step)."""
+
+
+DEFAULT_ASPECT = 4 / 3  # width / height when --video-size gives the height alone (dm_control's 320×240)
+
+
+def parse_video_size(text: str) -> tuple[int, int]:
+    """(width, height) from `WIDTHxHEIGHT` or a height alone (width = 4/3 of it, rounded to even); both even, as
+    H.264's 4:2:0 colour needs, and within 16–4096. Raises ValueError naming the flag."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x")) if "x" in text.lower() else (
+            2 * round(int(text) * DEFAULT_ASPECT / 2), int(text))
+    except ValueError:
+        raise ValueError(f"--video-size must be WIDTHxHEIGHT or a height, e.g. 320x240 or 240, got {text!r}") from None
+    if not all(16 <= side <= 4096 and side % 2 == 0 for side in (width, height)):
+        raise ValueError(f"--video-size: width and height must be even and within 16–4096, got {width}x{height}")
+    return width, height
 
 
 def require_wandb() -> None:
@@ -112,6 +140,11 @@ def validate_run_args(args: RunArgs) -> None:
                          f"(--start-steps={args.start_steps}, --num-envs={args.num_envs}), got {args.batch_size}")
     if args.wandb:
         require_wandb()
+    if args.video_interval < 0:
+        raise ValueError(f"--video-interval must be ≥ 0 (0: no videos), got {args.video_interval}")
+    parse_video_size(args.video_size)
+    if args.play_episodes is not None:
+        require_positive("play_episodes", args.play_episodes)
 
 
 def validate_algorithm(args: RunArgs, config, make_agent: MakeAlgorithm) -> None:
@@ -204,6 +237,7 @@ HELP_GROUPS = {
     "run length and evaluation": ("total_steps", "eval_interval", "eval_episodes", "eval_mode", "log_interval"),
     "checkpoints": ("run_root", "checkpoint_interval", "keep_checkpoints", "resume"),
     "logging": ("wandb", "wandb_project"),
+    "videos and replay": ("video_interval", "video_size", "play", "play_episodes"),
 }
 EXAMPLES = """examples:
   python {script} --env humanoid-walk                          128 MJX envs on the accelerator, 1 M env steps
@@ -308,11 +342,17 @@ def parse_args(args_class: type, make_agent: MakeAlgorithm, argv: list[str] | No
     return args
 
 
-def main(algo: str, config_class: type, make_agent: MakeAlgorithm) -> None:
+def main(algo: str, config_class: type, make_agent: MakeAlgorithm, policy_file: PolicyFile | None = None) -> None:
     """An algorithm script's command line: answer signals from the first moment, parse and check the flags (exit 2
-    before any env is built or anything compiles), then train."""
+    before any env is built or anything compiles), then train, or with `--play` replay an exported policy
+    (`policy_file` says how the algorithm exports and reads its policy)."""
     stopping.install()
     flags = parse_args(script_args(config_class), make_agent)
+    if flags.play:
+        from common import play  # as training below
+
+        play.main(flags.split()[0], policy_file.load)
+        return
     from common import training  # the envs, MuJoCo and the logging stack: only once the flags are known good
 
-    training.run(flags, make_agent, algo)
+    training.run(flags, make_agent, algo, policy_file.fields if policy_file else ())

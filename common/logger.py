@@ -146,6 +146,15 @@ class RunLogger:
         if steady_from is not None:
             self.bar.initial, self.bar.start_t = steady_from, time.time()
 
+    def log_video(self, step: int, path: Path, preview: np.ndarray) -> None:
+        """An evaluation video: W&B (when on) gets the mp4; TensorBoard a strip of its frames [H, W, 3], as its own
+        video summary needs moviepy (docs/videos.md)."""
+        self._tb.add_image("eval/video_frames", preview, int(step), dataformats="HWC")
+        if self._wandb:
+            import wandb
+
+            self._wandb.log({"eval/video": wandb.Video(str(path), format="mp4")}, step=int(step))
+
     def advance(self, step: int, postfix: dict[str, float | str] | None = None) -> None:
         if postfix:
             # set before update() so that the refresh update() triggers already shows it

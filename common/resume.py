@@ -14,7 +14,7 @@ RUN_FACTS = frozenset({"device", "jax_version", "total_steps_run"})
 # Flags that do not change what the train state means or how the next chunk computes: they may differ on resume.
 SAFE_TO_CHANGE = frozenset({"total_steps", "eval_interval", "eval_episodes", "eval_mode", "checkpoint_interval",
                             "keep_checkpoints", "resume", "run_root", "wandb", "wandb_project",
-                            "host_threads"})
+                            "host_threads", "video_interval", "video_size", "play", "play_episodes"})
 
 
 def run_dir_of(resume: str) -> Path:

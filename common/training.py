@@ -29,8 +29,8 @@ import numpy as np
 from flax import struct
 
 from common import buffer as replay
-from common import checkpoint, resume, stopping
-from common.cli import RunArgs
+from common import checkpoint, policy_export, resume, stopping, video
+from common.cli import RunArgs, parse_video_size
 from common.contract import Algorithm, MakeAlgorithm, VectorEnv
 from common.envs import BatchedEnv
 from common.evaluation import make_evaluator
@@ -56,6 +56,8 @@ class Trainer(NamedTuple):
     evaluate: Callable  # (state, key, deterministic: bool) -> per-episode returns [eval_episodes]
     update: Callable    # (state, key) -> (state, metrics): draw a batch and run one update, as the chunk does
     env_steps_per_chunk: int
+    eval_env: VectorEnv | None = None
+    evaluate_recorded: Callable | None = None  # as evaluate, returning (returns, trajectory); with videos on only
 
 
 def make_env(name: str, backend: str, num_envs: int, physics: str = "jax", episode_length: int | None = None,
@@ -103,19 +105,32 @@ def make_trainer(args: RunArgs, config, make_agent: MakeAlgorithm, env: VectorEn
         return state.replace(learner=learner), metrics
 
     chunk, env_steps_per_chunk = make_chunk(args, env, agent, update)
+    evaluate_policy = make_policy_evaluator(agent, eval_env)
+    # The recording evaluator exists only with videos on, so that without them no second program is compiled.
+    evaluate_recorded = make_policy_evaluator(agent, eval_env, record=True) if args.video_interval else None
+
+    def evaluate(state: TrainState, key, deterministic):
+        return evaluate_policy(state.learner, key, deterministic)
+
+    def evaluate_and_record(state: TrainState, key, deterministic):
+        return evaluate_recorded(state.learner, key, deterministic)
+
+    return Trainer(agent=agent, init=jax.jit(init), chunk=chunk, evaluate=evaluate, update=update,
+                   env_steps_per_chunk=env_steps_per_chunk, eval_env=eval_env,
+                   evaluate_recorded=None if evaluate_recorded is None else evaluate_and_record)
+
+
+def make_policy_evaluator(agent: Algorithm, eval_env: VectorEnv, record: bool = False) -> Callable:
+    """(learner, key, deterministic) -> returns [eval episodes] (with `record`: (returns, trajectory), see
+    common.evaluation): the run's evaluation, and `--play`'s."""
 
     def act_in_bounds(learner_and_mode, obs, key):
         learner, deterministic = learner_and_mode
         return to_env_bounds(eval_env, agent.act(learner, obs, key, deterministic))
 
     # Compiled once for both modes: the mode is a traced bool.
-    evaluate_episodes = jax.jit(make_evaluator(eval_env, act_in_bounds))
-
-    def evaluate(state: TrainState, key, deterministic):
-        return evaluate_episodes((state.learner, jnp.asarray(deterministic, bool)), key)
-
-    return Trainer(agent=agent, init=jax.jit(init), chunk=chunk, evaluate=evaluate, update=update,
-                   env_steps_per_chunk=env_steps_per_chunk)
+    evaluate_episodes = jax.jit(make_evaluator(eval_env, act_in_bounds, record))
+    return lambda learner, key, deterministic: evaluate_episodes((learner, jnp.asarray(deterministic, bool)), key)
 
 
 def make_chunk(args: RunArgs, env: VectorEnv, agent: Algorithm, update: Callable) -> tuple[Callable, int]:
@@ -194,15 +209,21 @@ def over_seeds(trainer: Trainer, num_seeds: int) -> Trainer:
     evaluate returns [seeds, episodes]. Several seeds: chunk and evaluate vmap over the leading seed axis of the train
     state (see seed_axes), and the chunk metrics carry that axis. One seed: no axis is added, so the compiled program
     and the checkpoint layout are exactly the single-seed ones."""
+    recorded = trainer.evaluate_recorded
     if num_seeds == 1:
+        def record_one(state, keys, deterministic):
+            return jax.tree.map(lambda x: x[None], recorded(state, keys[0], deterministic))
+
         return trainer._replace(init=lambda keys: trainer.init(keys[0]),
                                 evaluate=lambda state, keys, deterministic: trainer.evaluate(state, keys[0],
-                                                                                             deterministic)[None])
+                                                                                             deterministic)[None],
+                                evaluate_recorded=None if recorded is None else record_one)
     axes = seed_axes(jax.eval_shape(trainer.init, jax.random.key(0)), trainer.agent)
     return trainer._replace(
         init=jax.jit(jax.vmap(trainer.init, out_axes=axes)),
         chunk=jax.jit(jax.vmap(trainer.chunk, in_axes=(axes,), out_axes=(axes, 0)), donate_argnums=0),
         evaluate=jax.jit(jax.vmap(trainer.evaluate, in_axes=(axes, 0, None))),
+        evaluate_recorded=None if recorded is None else jax.jit(jax.vmap(recorded, in_axes=(axes, 0, None))),
     )
 
 
@@ -234,7 +255,7 @@ def crossed(step: int, previous_step: int, interval: int) -> bool:
 EXIT_WRITE_FAILED = 74
 
 
-def run(flags, make_agent: MakeAlgorithm, algo: str) -> None:
+def run(flags, make_agent: MakeAlgorithm, algo: str, policy_fields: tuple[str, ...] = ()) -> None:
     """Train `algo` with a script's parsed flags (cli.script_args) on its env (see `train`). A resumed run's
     checkpoint is read, verified and locked before any env is built."""
     args, config = flags.split()
@@ -243,7 +264,7 @@ def run(flags, make_agent: MakeAlgorithm, algo: str) -> None:
     env, eval_env = (make_env(args.env, args.backend, num_envs, physics=args.physics,
                               episode_length=args.episode_length, host_threads=args.host_threads)
                      for num_envs in (args.num_envs, args.eval_episodes))
-    train(make_trainer(args, config, make_agent, env, eval_env), args, algo, env, resumed)
+    train(make_trainer(args, config, make_agent, env, eval_env), args, algo, env, resumed, policy_fields)
 
 
 def opening_line(args: RunArgs, algo: str) -> str:
@@ -352,14 +373,29 @@ def log_chunk(logger: RunLogger, metrics: dict, step: int, seconds: float, train
         logger.log_train(step, dict(row, env_steps_per_s=env_steps_per_s, updates_per_s=updates_per_s), seed)
 
 
+def eval_modes_of(eval_mode: str) -> list[str]:
+    """The modes that `--eval-mode` evaluates, in order (a mode's index enters its evaluation key)."""
+    return ["stochastic", "deterministic"] if eval_mode == "both" else [eval_mode]
+
+
+def evaluation_key(seed_eval_key, step: int, mode_index: int):
+    """Evaluation noise depends on (seed, step, mode) only, so a resumed run, and `--play`, evaluate identically."""
+    return jax.random.fold_in(jax.random.fold_in(seed_eval_key, step), mode_index)
+
+
 def evaluate_and_log(trainer: Trainer, state: TrainState, step: int, eval_keys, eval_modes: list[str],
-                     logger: RunLogger, seeds: list[int]) -> dict:
-    """Evaluate every seed in each mode and log the rows; the mean returns, for the progress bar."""
+                     logger: RunLogger, seeds: list[int], videos: video.EvaluationVideos | None = None,
+                     film: bool = False) -> dict:
+    """Evaluate every seed in each mode and log the rows; the mean returns, for the progress bar. With `film`, the
+    last mode's evaluation (the deterministic one where both run) is also filmed."""
     postfix = {}
     for mode in eval_modes:
-        # Evaluation noise depends on (seed, step, mode) only, so a resumed run evaluates identically.
-        keys = jax.vmap(lambda key: jax.random.fold_in(jax.random.fold_in(key, step), eval_modes.index(mode)))(eval_keys)
-        returns = np.asarray(trainer.evaluate(state, keys, mode == "deterministic"))
+        keys = jax.vmap(lambda key: evaluation_key(key, step, eval_modes.index(mode)))(eval_keys)
+        if videos is None:
+            returns = np.asarray(trainer.evaluate(state, keys, mode == "deterministic"))
+        else:
+            returns = videos.evaluate(trainer.evaluate_recorded, state, keys, mode == "deterministic", step, logger,
+                                      film=film and mode == eval_modes[-1])
         means = [logger.log_eval(step, returns[index], mode, seed)["return_mean"] for index, seed in enumerate(seeds)]
         postfix[f"eval_{mode[:3]}"] = f"{np.mean(means):.1f}"
     return postfix
@@ -370,12 +406,14 @@ def start_line(template, run_dir: Path) -> str:
     return f"train state {format_bytes(tree_bytes(template))}; run directory {run_dir}"
 
 
-def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: ResumedRun | None = None) -> None:
+def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: ResumedRun | None = None,
+          policy_fields: tuple[str, ...] = ()) -> None:
     """Run chunks until `total_steps`: evaluate every `eval_interval` env steps, checkpoint the whole train state
     every `checkpoint_interval`, and do both at the end. `--resume` continues a run exactly where its checkpoint left
     it; a first SIGINT/SIGTERM checkpoints after the current chunk and exits with 128 + the signal number
     (common.stopping). With `--num-seeds S` the seeds `seed … seed+S-1` train together, and every metrics and eval
-    row names its seed."""
+    row names its seed. With `policy_fields`, each checkpoint gets the exported policy beside it
+    (common.policy_export); with `--video-interval`, evaluations are filmed (common.video)."""
     seeds = list(range(args.seed, args.seed + args.num_seeds))
     seed_label = str(args.seed) if args.num_seeds == 1 else f"{seeds[0]}-{seeds[-1]}"
     trainer = over_seeds(trainer, args.num_seeds)
@@ -398,7 +436,9 @@ def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: R
                        num_seeds=args.num_seeds)
     checkpoints = Checkpoints(start.run_dir / "checkpoints", env, dict(algo=algo, config=config), args,
                               last=start.checkpoint)
-    eval_modes = ["stochastic", "deterministic"] if args.eval_mode == "both" else [args.eval_mode]
+    eval_modes = eval_modes_of(args.eval_mode)
+    videos = (video.EvaluationVideos(trainer.eval_env, start.run_dir, args.video_interval, args.eval_interval,
+                                     parse_video_size(args.video_size)) if args.video_interval else None)
     stop = stopping.current()
     stop.saved(start.checkpoint)
 
@@ -423,12 +463,17 @@ def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: R
             stop.chunk_done(seconds)
             postfix = {"critic_loss": f"{np.mean(metrics['critic_loss']):.3g}"} if "critic_loss" in metrics else {}
             if crossed(step, previous_step, args.eval_interval) or last_chunk:
-                postfix.update(evaluate_and_log(trainer, state, step, eval_keys, eval_modes, logger, seeds))
+                film = videos is not None and videos.due(step, last_chunk)
+                postfix.update(evaluate_and_log(trainer, state, step, eval_keys, eval_modes, logger, seeds, videos,
+                                                film))
             logger.advance(step, postfix)
             if crossed(step, previous_step, args.checkpoint_interval) or last_chunk or stop.requested:
                 if last_chunk:
                     logger.note("writing the final checkpoint")
                 stop.saved(checkpoints.save(state, step))
+                if policy_fields:
+                    policy_export.save(checkpoints.directory, step, state.learner, trainer.agent, env, policy_fields,
+                                       config, several_seeds=args.num_seeds > 1)
             if stop.requested:
                 print(f"\nstopped by {stop.requested.name} at env step {step}; checkpoint: {checkpoints.last}",
                       file=sys.stderr, flush=True)

@@ -1,0 +1,62 @@
+"""`--play`: replay an exported policy on its task, print each episode's return and write an mp4 (docs/videos.md).
+
+Its evaluation is the run's own: the same evaluator, on an env built from the run's flags, with the key the run's
+evaluation derived from (seed, step, mode). With the run's number of episodes, deterministic returns therefore equal
+those the run logged at that step.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from common import policy_export, training, video
+from common.cli import RunArgs, parse_video_size
+
+
+def main(args: RunArgs, load_policy: Callable) -> dict[str, np.ndarray]:
+    """Play `args.play` in each mode of `--eval-mode`; {mode: returns [episodes]}. A missing or damaged policy file
+    exits 2 with one line."""
+    try:
+        path = policy_export.locate(args.play)
+        agent, learner, metadata = load_policy(path)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    run, step = metadata["run"], metadata["step"]
+    env = training.make_env(run["env"], run["backend"], args.play_episodes or run["eval_episodes"],
+                            physics=run["physics"], episode_length=run["episode_length"],
+                            host_threads=args.host_threads)
+    evaluate = training.make_policy_evaluator(agent, env, record=True)
+
+    def evaluate_one_seed(learner, key, deterministic):  # filmed_episode takes a leading seed axis
+        return jax.tree.map(lambda x: x[None], evaluate(learner, key, deterministic))
+
+    width, height = parse_video_size(args.video_size)
+    model = env.env.mj_model if isinstance(env, training.BatchedEnv) else env.scene_env().model
+    problem = video.rendering_problem(model, width, height)
+    if problem:
+        print(f"warning: no video: {problem}", file=sys.stderr, flush=True)
+    run_dir = path.parent.parent
+    videos = run_dir / "videos" if (run_dir / "config.json").is_file() else path.parent
+    seed_eval_key = training.seed_keys(metadata["seed"], 1)[1][0]
+    run_modes, played = training.eval_modes_of(run["eval_mode"]), {}
+    for mode in training.eval_modes_of(args.eval_mode):
+        # The key of the run's own evaluation in this mode; a mode that the run did not evaluate takes the index it
+        # has under `--eval-mode both`.
+        index = run_modes.index(mode) if mode in run_modes else training.eval_modes_of("both").index(mode)
+        key = training.evaluation_key(seed_eval_key, step, index)
+        returns, scene = video.filmed_episode(env, evaluate_one_seed, learner, key, mode == "deterministic",
+                                              film=problem is None)
+        played[mode] = returns = returns[0]
+        print(f"{path.name} (env step {step}), {mode}: returns {' '.join(f'{r:.6g}' for r in returns)}, mean "
+              f"{returns.mean():.6g}", flush=True)
+        if scene is not None:
+            mp4 = video.write_mp4(Path(videos) / f"play_{step:012d}_{mode}.mp4",
+                                  video.render(scene, width, height), 1.0 / env.control_dt)
+            print(f"video: {mp4}", flush=True)
+    return played
