@@ -52,8 +52,8 @@ def policy_path(checkpoint_path: Path) -> Path:
 
 def save(directory: Path, step: int, learner, agent, env, fields: tuple[str, ...], run_config: dict,
          several_seeds: bool) -> Path:
-    """Write directory/policy_<step>.msgpack atomically, then delete the policy files whose checkpoint is gone (so
-    that they follow the checkpoints' `--keep-checkpoints`)."""
+    """Write directory/policy_<step>.msgpack atomically, then delete the other policy files whose checkpoint is gone
+    (so that they follow the checkpoints' `--keep-checkpoints`)."""
     first_seed = (lambda leaf: leaf[0]) if several_seeds else (lambda leaf: leaf)
     exported = {name: serialization.to_state_dict(jax.tree.map(lambda leaf: np.asarray(first_seed(leaf)),
                                                                jax.device_get(getattr(learner, name))))
@@ -69,7 +69,7 @@ def save(directory: Path, step: int, learner, agent, env, fields: tuple[str, ...
     os.replace(partial, path)
     for stale in Path(directory).iterdir():
         match = _NAME.fullmatch(stale.name)
-        if match and not (stale.parent / f"checkpoint_{match.group(1)}.msgpack").exists():
+        if match and stale != path and not (stale.parent / f"checkpoint_{match.group(1)}.msgpack").exists():
             stale.unlink()
     return path
 

@@ -10,6 +10,7 @@ trains on without videos.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -74,6 +75,14 @@ def render(scene: Scene, width: int, height: int) -> np.ndarray:
     return frames
 
 
+@contextlib.contextmanager
+def starting_ffmpeg():
+    """JAX warns at every fork; ffmpeg starts by a fork then exec, which runs no JAX code in the child."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+        yield
+
+
 def write_mp4(path: Path, frames: np.ndarray, fps: float) -> Path:
     """Encode frames as H.264 (yuv420p, playable everywhere) into `path`, atomically."""
     import imageio_ffmpeg
@@ -83,9 +92,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float) -> Path:
     height, width = frames.shape[1:3]
     writer = imageio_ffmpeg.write_frames(str(partial), (width, height), fps=fps, codec="libx264",
                                          pix_fmt_out="yuv420p", macro_block_size=1)
-    with warnings.catch_warnings():
-        # JAX warns at every fork; ffmpeg's is a fork then exec, which runs no JAX code in the child.
-        warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+    with starting_ffmpeg():
         writer.send(None)  # the generator starts ffmpeg on its first send
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))
@@ -99,7 +106,8 @@ def rendering_problem(model: mujoco.MjModel, width: int, height: int) -> str | N
     try:
         import imageio_ffmpeg
 
-        imageio_ffmpeg.get_ffmpeg_exe()
+        with starting_ffmpeg():
+            imageio_ffmpeg.get_ffmpeg_exe()  # runs it once to check it
     except Exception as error:  # not installed, or its ffmpeg binary missing
         return f"no video encoder (pip install imageio-ffmpeg: {type(error).__name__}: {error})"
     try:

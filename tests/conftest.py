@@ -9,6 +9,8 @@ import tempfile
 
 import jax
 
+# As common/__init__.py does, before any test module imports MuJoCo (which fixes its GL backend on import).
+os.environ.setdefault("MUJOCO_GL", "egl")
 CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "flowrl-jax-xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
