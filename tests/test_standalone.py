@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 import flowrl_jax as flowrl
 import sac_jax as sac
-from common import training
+from common import policy_export, training
 from common.envs import BatchedEnv
 from tests.test_flowrl_train import TINY
 from tests.test_sac import TINY as SAC_TINY
@@ -45,7 +46,7 @@ def readme_blocks() -> list[str]:
 @pytest.mark.parametrize("index, filename", [(0, "flowrl_jax.py"), (1, "sac_jax.py")], ids=["flowrl", "sac"])
 def test_readme_example_runs_from_the_lone_copied_file(tmp_path, index, filename):
     blocks = readme_blocks()
-    assert len(blocks) == 2 and filename.removesuffix(".py") in blocks[index]
+    assert len(blocks) == 3 and filename.removesuffix(".py") in blocks[index]
     assert len(blocks[index].splitlines()) <= 26  # the README promises short examples
     shutil.copy(ROOT / filename, tmp_path / filename)
     (tmp_path / "example.py").write_text("import numpy as np\n" + blocks[index] + CHECKS)
@@ -57,6 +58,48 @@ def test_readme_example_runs_from_the_lone_copied_file(tmp_path, index, filename
     assert result.returncode == 0, result.stderr[-3000:]
     assert "checks passed" in result.stdout and "loss" in result.stdout
     assert sorted(path.name for path in tmp_path.iterdir() if path.suffix == ".py") == ["example.py", filename]
+
+
+# Appended to the README's policy block: it names `action` and `env_action`.
+POLICY_CHECKS = """
+import sys
+assert "common" not in sys.modules, "the harness was imported"
+np.testing.assert_allclose(np.asarray(action), np.load("expected_action.npy"), rtol=1e-5, atol=1e-6)
+assert np.all((low <= env_action) & (env_action <= high)) and not np.array_equal(action, env_action)
+print("checks passed")
+"""
+
+
+@pytest.mark.parametrize("module, config", [(flowrl, flowrl.FlowRLConfig(hidden_dim=16, normalize_observations=True)),
+                                            (sac, sac.SACConfig(actor_hidden_dim=16, critic_hidden_dim=16,
+                                                                normalize_observations=True))],
+                         ids=["flowrl", "sac"])
+def test_an_exported_policy_loads_and_acts_in_the_lone_copied_file(tmp_path, module, config):
+    """The README's policy block (with sac_jax for SAC) acts as the exported agent did: its parameters and its
+    observation statistics, not those of a fresh init."""
+    make = module.make_flowrl if module is flowrl else module.make_sac
+    obs_size, action_size = 5, 2
+    agent = make(config, obs_size, action_size)
+    state = agent.observe(agent.init(jax.random.key(7)), jax.random.normal(jax.random.key(8), (16, obs_size)) + 3.0)
+    env = SimpleNamespace(obs_size=obs_size, action_size=action_size, action_low=np.array([-2.0, 0.0]),
+                          action_high=np.array([2.0, 1.0]))
+    written = policy_export.save(tmp_path, 40, state, agent, env, module.POLICY_FIELDS,
+                                 dict(algo="x", seed=1, env="cartpole-balance"), several_seeds=False)
+    written.rename(tmp_path / "policy.msgpack")
+    obs = np.zeros((1, obs_size), np.float32)
+    np.save(tmp_path / "expected_action.npy", np.asarray(agent.act(state, obs, jax.random.key(0), True)))
+    fresh = make(config, obs_size, action_size).init(jax.random.key(0))
+    assert not np.allclose(agent.act(fresh, obs, jax.random.key(0), True), np.load(tmp_path / "expected_action.npy"))
+
+    block = readme_blocks()[2].replace("flowrl_jax", module.__name__)
+    filename = f"{module.__name__}.py"
+    shutil.copy(ROOT / filename, tmp_path / filename)
+    (tmp_path / "example.py").write_text("import numpy as np\n" + block + POLICY_CHECKS)
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checks passed" in result.stdout
 
 
 @pytest.mark.parametrize("make_agent, args", [(flowrl.make_flowrl, TINY), (sac.make_sac, SAC_TINY)],
