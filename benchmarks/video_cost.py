@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import flowrl_jax as flowrl  # noqa: E402
 from common import training, video  # noqa: E402
+from common.cli import parse_video_size  # noqa: E402
 
 TASKS = [("cartpole-balance", "playground"), ("cartpole-balance", "dm_control"), ("HalfCheetah-v4", "gymnasium")]
 
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--size", default="320x240", help="video size, as --video-size")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/video_cost_cpu.csv")
     args = parser.parse_args()
-    width, height = video.parse_video_size(args.size)
+    width, height = parse_video_size(args.size)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     provenance = dict(date=datetime.date.today().isoformat(), device=str(jax.devices()[0]),

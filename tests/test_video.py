@@ -11,8 +11,8 @@ import pytest
 
 import flowrl_jax as flowrl
 from common import cli, play, training
+from common.cli import parse_video_size
 from common.plotting import read_eval_csv
-from common.video import parse_video_size
 from tests.test_flowrl_train import TINY
 from tests.test_host_envs import HOST
 
