@@ -37,8 +37,7 @@ def main(args: RunArgs, load_policy: Callable) -> dict[str, np.ndarray]:
         return jax.tree.map(lambda x: x[None], evaluate(learner, key, deterministic))
 
     width, height = parse_video_size(args.video_size)
-    model = env.env.mj_model if isinstance(env, training.BatchedEnv) else env.scene_env().model
-    problem = video.rendering_problem(model, width, height)
+    problem = video.rendering_problem(video.scene_model(env), width, height)
     if problem:
         print(f"warning: no video: {problem}", file=sys.stderr, flush=True)
     run_dir = path.parent.parent

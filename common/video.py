@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -50,6 +49,11 @@ def episode_scene(env, trajectory: dict, recorded: list) -> Scene:
         return Scene(model, data, show, length)
     renderer_env = env.scene_env()
     return Scene(renderer_env.model, renderer_env.data, lambda t: renderer_env.show_scene(recorded[t]), length)
+
+
+def scene_model(env) -> mujoco.MjModel:
+    """The MuJoCo model that env 0's scenes are drawn with."""
+    return env.env.mj_model if isinstance(env, BatchedEnv) else env.scene_env().model
 
 
 def open_renderer(model: mujoco.MjModel, width: int, height: int) -> mujoco.Renderer:
@@ -148,12 +152,10 @@ class EvaluationVideos:
         self.env, self.directory = env, Path(run_dir) / "videos"
         self.interval, self.eval_interval, (self.width, self.height) = interval, eval_interval, size
         self.fps = 1.0 / env.control_dt
-        model = env.env.mj_model if isinstance(env, BatchedEnv) else env.scene_env().model
         self.enabled = True
-        problem = rendering_problem(model, self.width, self.height)
+        problem = rendering_problem(scene_model(env), self.width, self.height)
         if problem:
             self.disable(problem)
-        self.seconds = 0.0  # rendering and encoding, all videos together (benchmarks/video_cost.py)
 
     def disable(self, reason: str) -> None:
         print(f"warning: evaluation videos are off: {reason}; training goes on without them", file=sys.stderr,
@@ -169,13 +171,11 @@ class EvaluationVideos:
         """The evaluation's returns [seeds, episodes]; with `film`, its video written and logged too."""
         returns, scene = filmed_episode(self.env, evaluate_recorded, state, keys, deterministic, film)
         if scene is not None:
-            began = time.perf_counter()
             try:
                 frames = render(scene, self.width, self.height)
                 path = write_mp4(self.directory / f"{step:012d}.mp4", frames, self.fps)
             except Exception as error:  # a renderer or encoder failing mid-run must not end the training
                 self.disable(f"rendering failed ({type(error).__name__}: {error})")
             else:
-                self.seconds += time.perf_counter() - began
                 logger.log_video(step, path, preview_strip(frames))
         return returns
