@@ -333,7 +333,7 @@ def parse_args(args_class: type, make_agent: MakeAlgorithm, argv: list[str] | No
             sys.exit(0)
         validate_run_args(args)
         validate_algorithm(*args.split(), make_agent)
-        if not args.resume:
+        if not (args.resume or args.play):  # both write into an existing run, or beside a policy file
             check_run_root(args.run_root)
         args.backend = resolve_task(args.env, args.backend).backend
     except ValueError as error:

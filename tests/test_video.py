@@ -2,6 +2,9 @@
 
 import csv
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import imageio_ffmpeg
 import jax
@@ -16,6 +19,7 @@ from common.plotting import read_eval_csv
 from tests.test_flowrl_train import TINY
 from tests.test_host_envs import HOST
 
+ROOT = Path(__file__).resolve().parents[1]
 POLICY_FIELDS = flowrl.POLICY_FIELDS
 # Evaluations at 16, 32, 48 and 64 env steps; every third is filmed (48), and the last one (64).
 PLAYGROUND = dataclasses.replace(TINY, eval_interval=16, checkpoint_interval=32, eval_mode="deterministic",
@@ -65,6 +69,25 @@ def test_play_returns_what_the_evaluation_returned(tiny_run, capsys):
         assert " ".join(f"{r:.6g}" for r in returns) == logged[step]
         assert len(decode(run_dir / "videos" / f"play_{step:012d}_deterministic.mp4")) == args.episode_length
     assert "returns " + logged[oldest_step] in capsys.readouterr().out
+
+
+def test_the_script_plays_a_run_and_refuses_a_missing_policy_with_one_line(tiny_run, tmp_path):
+    args, filmed_steps, run_dir = tiny_run
+    if args.backend != "auto":
+        pytest.skip("the command line is the same for every backend: checked once, on Playground")
+    with (run_dir / "eval.csv").open(newline="") as f:
+        logged = [row["returns"] for row in csv.DictReader(f)][-1]
+    run_root = tmp_path / "run-root"  # --play trains nothing, so it creates no run root
+    script = [sys.executable, "flowrl_jax.py", "--eval-mode", "deterministic", "--video-size", "32x24",
+              "--run-root", str(run_root)]
+    played = subprocess.run([*script, "--play", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert played.returncode == 0, played.stderr[-3000:]
+    assert f"deterministic: returns {logged}," in played.stdout and "video: " in played.stdout
+    (tmp_path / "empty").mkdir()
+    missing = subprocess.run([*script, "--play", str(tmp_path / "empty")], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+    assert "has no exported policy" in missing.stderr and not run_root.exists()
 
 
 def test_the_exported_policy_is_small_follows_the_checkpoints_and_refuses_damage(tiny_run, tmp_path, capsys):
