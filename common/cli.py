@@ -349,6 +349,9 @@ def main(algo: str, config_class: type, make_agent: MakeAlgorithm, policy_file: 
     stopping.install()
     flags = parse_args(script_args(config_class), make_agent)
     if flags.play:
+        if policy_file is None:
+            print(f"error: --play: {Path(sys.argv[0]).name} exports no policy to replay", file=sys.stderr)
+            sys.exit(2)
         from common import play  # as training below
 
         play.main(flags.split()[0], policy_file.load)
