@@ -36,7 +36,7 @@ from benchmarks.record import provenance  # noqa: E402
 # (jax_default_matmul_precision), so TF32 is the ceiling of the scripts as they are; bf16 needs bf16 matmuls, which
 # the scripts do not use; FP32 without tensor cores is the ceiling at precision "highest".
 PEAKS = (
-    ("bf16", 790.0, "bf16 dense, this workplace's figure for the H200 (~788 TFLOP/s measured on an 8192³ product)"),
+    ("bf16", 790.0, "bf16 dense, what an 8192³ bf16 matrix product reaches on an H200 (769–798 TFLOP/s measured)"),
     ("bf16", 989.0, "bf16 dense, NVIDIA's H200 SXM datasheet"),
     ("tf32", 495.0, "TF32 tensor cores, dense, NVIDIA's datasheet: JAX's default for float32 matmuls on this GPU"),
     ("fp32", 67.0, "FP32 without tensor cores, NVIDIA's datasheet: float32 matmuls at precision 'highest'"),
