@@ -104,6 +104,11 @@ def project(flops_per_update: float, flops_per_act: float, num_envs: int, update
                 env_steps_per_s_with_mjx=num_envs / with_mjx_seconds)
 
 
+def significant(value: float) -> float:
+    """`value` to 7 significant digits: exact enough to recompute every column from the others."""
+    return float(f"{value:.7g}")
+
+
 def commit() -> str:
     result = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent)
@@ -124,9 +129,9 @@ def rows(args: Args) -> list[dict]:
                     action_size=args.action_size, num_envs=num_envs, updates_per_iteration=args.updates_per_iteration,
                     batch_size=args.batch_size, widths=widths(agent_and_state(algo, args.obs_size,
                                                                               args.action_size)[0].config),
-                    gflop_per_update=round(per_update / 1e9, 6), gflop_per_act=round(per_act / 1e9, 6),
+                    gflop_per_update=significant(per_update / 1e9), gflop_per_act=significant(per_act / 1e9),
                     precision=precision, peak_tflops=peak_tflops, peak_source=source,
-                    **{name: round(value, 1) for name, value in rates.items()},
+                    **{name: significant(value) for name, value in rates.items()},
                     mjx_control_steps_per_s=MJX_HUMANOID_CONTROL_STEPS_PER_S, **origin))
     return out
 
