@@ -117,7 +117,8 @@ def main(argv=None) -> None:
     verdict = "identical" if not result["differences"] else "DIFFERENT: " + ", ".join(result["differences"])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     report = (f"command: python benchmarks/soak_kill_resume.py {' '.join(sys.argv[1:] if argv is None else argv)}\n"
-              f"date {time.strftime('%Y-%m-%d')}, commit {commit.strip()}, {os.cpu_count()}-core CPU ({platform.processor()})\n"
+              f"date {time.strftime('%Y-%m-%d')}, commit {commit.strip()}, "
+              f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})\n"
               f"kills: {result['kills']}, resumes: {result['resumes']}, wall time {result['seconds']:.0f} s\n"
               f"eval.csv, metrics.csv and the final train state against the uninterrupted run: {verdict}\n")
     print(report, end="")

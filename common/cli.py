@@ -320,7 +320,8 @@ def parse_args(args_class: type, make_agent: MakeAlgorithm, argv: list[str] | No
             args = parse_with_tyro(args_class, argv, args_class(**{k: v for k, v in saved.items() if k in fields}))
             differences = resume.config_differences(saved, dataclasses.asdict(args))
             if differences:
-                raise ValueError("--resume: these flags differ from the run and cannot change: " + "; ".join(differences))
+                raise ValueError("--resume: these flags differ from the run and cannot change: "
+                                 + "; ".join(differences))
         else:
             args = parse_with_tyro(args_class, argv, args_class())
             given = {token.partition("=")[0] for token in argv}
