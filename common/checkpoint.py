@@ -255,11 +255,11 @@ class Contents(NamedTuple):
 
 def read(path: Path) -> Contents:
     """A checkpoint's header and arrays after its format and checksum are verified (no template needed, so this can
-    run before any env is built); `restore` then fits them to the train state."""
+    run before any env is built); `to_state` then fits them to the train state."""
     return Contents(Path(path), *_read(Path(path)))
 
 
-def restore(contents: Contents, template) -> object:
+def to_state(contents: Contents, template) -> object:
     """The state from `read`'s contents, whose leaves must match `template` (a state or its jax.eval_shape)."""
     _check_fit(contents.path, contents.header, contents.stored, template)
     likes = jax.tree.leaves(template)
@@ -275,7 +275,7 @@ def load(path: Path, template) -> tuple[object, dict]:
     """(state, metadata) from a checkpoint, whose leaves must match `template` (a state or its jax.eval_shape) exactly.
     The format, checksum and structure are verified first; any problem raises CheckpointError."""
     contents = read(path)
-    return restore(contents, template), contents.metadata
+    return to_state(contents, template), contents.metadata
 
 
 def step_of(path: Path) -> int | None:

@@ -325,7 +325,7 @@ def start_or_resume(args: RunArgs, algo: str, env: VectorEnv, template, seed_lab
     stored_template = template if rows is None else jax.eval_shape(
         lambda state: state.replace(buffer=replay.trimmed(state.buffer, rows, axis)), template)
     try:
-        state = checkpoint.restore(resumed.contents, stored_template)
+        state = checkpoint.to_state(resumed.contents, stored_template)
     except checkpoint.CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
