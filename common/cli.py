@@ -19,9 +19,10 @@ import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
+import jax
 import tyro
 
-from common import resume, stopping
+from common import devices, processes, resume, stopping
 from common.checks import flag, require_positive
 from common.resources import check_run_root
 from common.contract import MakeAlgorithm
@@ -45,6 +46,12 @@ class RunArgs:
     equals a single run with that seed. Metrics rows carry a seed column."""
     num_envs: int = 128
     """E: environments stepped together on the device."""
+    devices: int = 1
+    """D: devices the run spreads over (0: all of them, every process's). Several seeds are split across them (S a
+    multiple of D), or with `--data-parallel` one seed's envs and replay are; docs/devices.md."""
+    data_parallel: bool = False
+    """With `--devices D`: split one seed's envs, replay and batch over the D devices, with parameters replicated
+    and gradients averaged (num-envs, batch-size and buffer-size multiples of D)."""
     total_steps: int = 1_000_000
     """Environment steps to train for, all envs together (rounded up to whole chunks)."""
     updates_per_iteration: int = 8
@@ -233,6 +240,7 @@ def check_command_line(args_class: type, argv: list[str]) -> None:
 # How `--help` groups the run flags; the algorithm's config is one more group, "algorithm hyperparameters".
 HELP_GROUPS = {
     "task and envs": ("env", "backend", "num_envs", "physics", "host_threads", "episode_length", "seed", "num_seeds"),
+    "devices": ("devices", "data_parallel"),
     "replay and updates": ("updates_per_iteration", "batch_size", "buffer_size", "start_steps"),
     "run length and evaluation": ("total_steps", "eval_interval", "eval_episodes", "eval_mode", "log_interval"),
     "checkpoints": ("run_root", "checkpoint_interval", "keep_checkpoints", "resume"),
@@ -297,6 +305,16 @@ def parse_with_tyro(args_class: type, argv: list[str], defaults):
                          dataclasses.asdict(getattr(parsed, group)).items()})
 
 
+def check_placement(args: RunArgs) -> None:
+    """The device flags against this machine (common.devices), then `--devices 0` resolved to the count, as
+    config.json records it and a resume compares it."""
+    devices.check_args(args, args.backend)
+    if jax.process_count() > 1 and (args.video_interval or args.play):
+        raise ValueError("--video-interval and --play run in one process; film the run's exported policy "
+                         "afterwards with --play")
+    args.devices = devices.device_count(args)
+
+
 def first_update_rows(args: RunArgs) -> int:
     """Transitions stored when the first update draws its batch."""
     # Updates start at the first iteration whose env-step count reaches start_steps (at least one iteration).
@@ -337,6 +355,8 @@ def parse_args(args_class: type, make_agent: MakeAlgorithm, argv: list[str] | No
         if not (args.resume or args.play):  # both write into an existing run, or beside a policy file
             check_run_root(args.run_root)
         args.backend = resolve_task(args.env, args.backend).backend
+        if args.devices != 1 or args.data_parallel or jax.distributed.is_initialized():
+            check_placement(args)  # asks JAX for its devices: only where the run uses more than one
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -348,6 +368,7 @@ def main(algo: str, config_class: type, make_agent: MakeAlgorithm, policy_file: 
     before any env is built or anything compiles), then train, or with `--play` replay an exported policy
     (`policy_file` says how the algorithm exports and reads its policy)."""
     stopping.install()
+    processes.initialize()  # before anything asks JAX for its devices
     flags = parse_args(script_args(config_class), make_agent)
     if flags.play:
         if policy_file is None:

@@ -133,6 +133,10 @@ class BatchedEnv:
         # Playground 0.2.0 defaults to impl="warp"; on CPU the JAX physics is ~5x faster, so always choose.
         config = dm_control_suite.get_default_config(self.playground_name)
         self.env = dm_control_suite.load(self.playground_name, config=config, config_overrides={"impl": physics})
+        if jax.process_count() > 1:  # MJX put the model on jax.devices()[0], which another process owns
+            from mujoco import mjx
+
+            self.env._mjx_model = mjx.put_model(self.env.mj_model, impl=physics, device=jax.local_devices()[0])
         self.action_repeat = int(config.action_repeat)
         self.episode_length = (
             math.ceil(config.episode_length / self.action_repeat) if episode_length is None else episode_length)

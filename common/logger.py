@@ -61,6 +61,31 @@ class _CsvLog:
         self.file.close()
 
 
+def eval_summary(returns: np.ndarray) -> dict[str, float]:
+    return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
+            "return_min": float(returns.min()), "return_max": float(returns.max()), "num_episodes": len(returns)}
+
+
+class QuietLogger:
+    """RunLogger's interface, writing nothing: the logger of a run's processes other than 0, which alone writes the
+    run directory (common.processes)."""
+
+    def log_train(self, step: int, metrics: dict[str, float], seed: int | None = None) -> None:
+        pass
+
+    def log_eval(self, step: int, returns: np.ndarray, mode: str, seed: int | None = None) -> dict[str, float]:
+        return eval_summary(np.asarray(returns, dtype=np.float64).ravel())
+
+    def note(self, message: str, steady_from: int | None = None) -> None:
+        pass
+
+    def advance(self, step: int, postfix: dict[str, float | str] | None = None) -> None:
+        pass
+
+    def close(self, curve_title: str | None = None) -> None:
+        pass
+
+
 class RunLogger:
     """Everything one training run writes: run_dir/{config.json, metrics.csv, eval.csv, tb/, learning_curve.png}."""
 
@@ -121,13 +146,7 @@ class RunLogger:
 
     def log_eval(self, step: int, returns: np.ndarray, mode: str, seed: int | None = None) -> dict[str, float]:
         step, returns = int(step), np.asarray(returns, dtype=np.float64).ravel()
-        summary = {
-            "return_mean": float(returns.mean()),
-            "return_std": float(returns.std()),
-            "return_min": float(returns.min()),
-            "return_max": float(returns.max()),
-            "num_episodes": len(returns),
-        }
+        summary = eval_summary(returns)
         returns_text = " ".join(f"{r:.6g}" for r in returns)
         seed_column = {} if seed is None else {"seed": int(seed)}
         self._eval.write({"step": step, **seed_column, "mode": mode, **summary, "returns": returns_text})

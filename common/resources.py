@@ -43,9 +43,10 @@ def available_bytes(device) -> tuple[int | None, str]:
         return None, "host memory"
 
 
-def check_memory(state_template, device, what: str) -> None:
-    """Exit 2 with the figures if the train state cannot fit on `device`; warn when it comes near."""
-    needed = tree_bytes(state_template)
+def check_memory(state_template, device, what: str, share: int = 1) -> None:
+    """Exit 2 with the figures if the train state (split over `share` devices) cannot fit on `device`; warn when it
+    comes near."""
+    needed = tree_bytes(state_template) // share
     free, source = available_bytes(device)
     if free is None:
         return

@@ -16,6 +16,7 @@ seed axis of the train state, and the host loop logs one row per seed.
 """
 
 import dataclasses
+import signal
 import sys
 import time
 import uuid
@@ -29,13 +30,13 @@ import numpy as np
 from flax import struct
 
 from common import buffer as replay
-from common import checkpoint, policy_export, resume, stopping, video
+from common import checkpoint, devices, policy_export, processes, resume, stopping, video
 from common.cli import RunArgs, parse_video_size
 from common.contract import Algorithm, MakeAlgorithm, VectorEnv
 from common.envs import BatchedEnv
 from common.evaluation import make_evaluator
 from common.host_envs import HostBatchedEnv
-from common.logger import RunLogger, make_run_dir
+from common.logger import QuietLogger, RunLogger, make_run_dir
 from common.resources import check_memory, format_bytes, tree_bytes
 from common.run_lock import RunLocked, lock_run_dir
 from common.tasks import resolve_task, task_sizes
@@ -58,6 +59,7 @@ class Trainer(NamedTuple):
     env_steps_per_chunk: int
     eval_env: VectorEnv | None = None
     evaluate_recorded: Callable | None = None  # as evaluate, returning (returns, trajectory); with videos on only
+    state_shardings: Any = None  # the train state's layout over several devices (see `placed`); None: one device
 
 
 def make_env(name: str, backend: str, num_envs: int, physics: str = "jax", episode_length: int | None = None,
@@ -82,25 +84,51 @@ def empty_transition(env: VectorEnv) -> dict:
     return dict(obs=obs, action=jnp.zeros(env.action_size), reward=jnp.float32(0), next_obs=obs, mask=jnp.float32(0))
 
 
-def sample_batch(agent: Algorithm, buffer: replay.ReplayBuffer, key, batch_size: int) -> dict:
+def init_replay(capacity: int, env: VectorEnv, shards: int = 1) -> replay.ReplayBuffer:
+    """An empty replay; with several `shards` (data parallel), one ring of capacity / shards per shard, stacked on a
+    leading shard axis."""
+    if shards == 1:
+        return replay.init(capacity, empty_transition(env))
+    return jax.vmap(lambda _: replay.init(capacity // shards, empty_transition(env)))(jnp.arange(shards))
+
+
+def add_transitions(buffer: replay.ReplayBuffer, transitions: dict, valid, shards: int = 1) -> replay.ReplayBuffer:
+    """Store one step of all E envs; with several shards, shard k takes envs k·E/shards … (k+1)·E/shards − 1."""
+    if shards == 1:
+        return replay.add(buffer, transitions, valid=valid)
+    def split(x):
+        return x.reshape(shards, -1, *x.shape[1:])
+
+    return jax.vmap(replay.add)(buffer, jax.tree.map(split, transitions), split(valid))
+
+
+def sample_batch(agent: Algorithm, buffer: replay.ReplayBuffer, key, batch_size: int, shards: int = 1) -> dict:
     """A batch drawn as the algorithm asks (`recent_share`): FlowRL draws 20 % from the newest 2 048 transitions,
-    SAC uniformly."""
+    SAC uniformly. With several shards (data parallel), each shard draws batch / shards rows the same way (the
+    recent share from its own newest recent_window / shards rows) with its own key, split from `key`; the batch is
+    the shards' draws in shard order."""
     recent_fraction, recent_window = agent.recent_share or (0.0, 1)
-    return replay.sample(buffer, key, batch_size, recent_window=recent_window, recent_fraction=recent_fraction)
+    if shards == 1:
+        return replay.sample(buffer, key, batch_size, recent_window=recent_window, recent_fraction=recent_fraction)
+    draws = jax.vmap(lambda shard, shard_key: replay.sample(
+        shard, shard_key, batch_size // shards, recent_window=max(recent_window // shards, 1),
+        recent_fraction=recent_fraction))(buffer, jax.random.split(key, shards))
+    return jax.tree.map(lambda x: x.reshape(batch_size, *x.shape[2:]), draws)
 
 
 def make_trainer(args: RunArgs, config, make_agent: MakeAlgorithm, env: VectorEnv, eval_env: VectorEnv) -> Trainer:
     """The algorithm, built from its own `config` for `env`'s sizes, joined to the harness by the run's flags."""
     agent = make_agent(config, env.obs_size, env.action_size)
+    shards = devices.replay_shards(args)
 
     def init(key) -> TrainState:
         key, learner_key, env_key = jax.random.split(key, 3)
-        return TrainState(learner=agent.init(learner_key), buffer=replay.init(args.buffer_size, empty_transition(env)),
+        return TrainState(learner=agent.init(learner_key), buffer=init_replay(args.buffer_size, env, shards),
                           env=env.reset(env_key), key=key, env_steps=jnp.int32(0))
 
     def update(state: TrainState, key):
         batch_key, update_key = jax.random.split(key)
-        batch = sample_batch(agent, state.buffer, batch_key, args.batch_size)
+        batch = sample_batch(agent, state.buffer, batch_key, args.batch_size, shards)
         learner, metrics = agent.update(state.learner, batch, update_key)
         return state.replace(learner=learner), metrics
 
@@ -137,6 +165,7 @@ def make_chunk(args: RunArgs, env: VectorEnv, agent: Algorithm, update: Callable
     """The compiled chunk, and the env steps it covers. update(state, key) -> (state, metrics); the metrics in
     agent.policy_metric_names average over the updates that moved the policy only (agent.policy_updated)."""
     num_envs, iterations = env.num_envs, -(-args.log_interval // env.num_envs)
+    shards = devices.replay_shards(args)
 
     def update_and_mark(state, key):
         state, metrics = update(state, key)
@@ -165,7 +194,7 @@ def make_chunk(args: RunArgs, env: VectorEnv, agent: Algorithm, update: Callable
         transition = dict(obs=obs, action=action, reward=step.reward, next_obs=step.next_obs,
                           mask=1.0 - step.terminated.astype(jnp.float32))
         # A diverged env's transition never enters the replay (the env was reset, and counted).
-        state = state.replace(buffer=replay.add(state.buffer, transition, valid=~step.nonfinite), env=env_state,
+        state = state.replace(buffer=add_transitions(state.buffer, transition, ~step.nonfinite, shards), env=env_state,
                               key=key, env_steps=state.env_steps + num_envs)
         learning = state.env_steps >= args.start_steps
         state, metrics = jax.lax.cond(learning, run_updates, skip_updates, state)
@@ -227,6 +256,36 @@ def over_seeds(trainer: Trainer, num_seeds: int) -> Trainer:
     )
 
 
+def split_leaves(template: TrainState, agent: Algorithm, mode: str):
+    """Which leaves of the train state a placement splits along their leading axis: with `seeds`, every leaf that
+    has a seed axis; with `data`, the envs' state and the replay shards (parameters, optimiser states, key and
+    counters replicated)."""
+    if mode == "seeds":
+        return jax.tree.map(lambda axis: axis == 0, seed_axes(template, agent), is_leaf=lambda axis: axis is None)
+    split, whole = (jax.tree.map(lambda _: value, template) for value in (True, False))
+    return whole.replace(env=split.env, buffer=split.buffer)
+
+
+def placed(trainer: Trainer, placement: devices.Placement, template: TrainState) -> Trainer:
+    """The trainer (over_seeds') with the train state laid out over the placement's devices: init, chunk and
+    evaluate are compiled with that layout in and out (metrics and returns replicated, so every process reads
+    them), and XLA partitions each program. One device: the trainer unchanged."""
+    if placement.mesh is None:
+        return trainer
+    shardings = placement.state_shardings(split_leaves(template, trainer.agent, placement.mode))
+    replicated = placement.replicated
+
+    def returning_replicated(evaluate):
+        return None if evaluate is None else jax.jit(evaluate, out_shardings=replicated)
+
+    return trainer._replace(
+        init=jax.jit(trainer.init, out_shardings=shardings),
+        chunk=jax.jit(trainer.chunk, in_shardings=(shardings,), out_shardings=(shardings, replicated),
+                      donate_argnums=0),
+        evaluate=returning_replicated(trainer.evaluate), evaluate_recorded=returning_replicated(
+            trainer.evaluate_recorded), state_shardings=shardings)
+
+
 def seed_keys(first_seed: int, num_seeds: int) -> tuple[jax.Array, jax.Array]:
     """(init keys, eval keys), one per seed: seed k's keys are those of a single run with `--seed k`."""
     keys = [jax.random.split(jax.random.key(seed)) for seed in range(first_seed, first_seed + num_seeds)]
@@ -260,11 +319,13 @@ def run(flags, make_agent: MakeAlgorithm, algo: str, policy_fields: tuple[str, .
     checkpoint is read, verified and locked before any env is built."""
     args, config = flags.split()
     resumed = open_resumed_run(args) if args.resume else None
-    print(opening_line(args, algo), flush=True)
+    if processes.is_main():
+        print(opening_line(args, algo), flush=True)
     env, eval_env = (make_env(args.env, args.backend, num_envs, physics=args.physics,
                               episode_length=args.episode_length, host_threads=args.host_threads)
                      for num_envs in (args.num_envs, args.eval_episodes))
-    train(make_trainer(args, config, make_agent, env, eval_env), args, algo, env, resumed, policy_fields)
+    train(make_trainer(args, config, make_agent, env, eval_env), args, algo, env, resumed, policy_fields,
+          devices.Placement.of(args))
 
 
 def opening_line(args: RunArgs, algo: str) -> str:
@@ -273,10 +334,12 @@ def opening_line(args: RunArgs, algo: str) -> str:
     task = resolve_task(args.env, args.backend)
     obs_size, action_size = task_sizes()[task.name, task.backend]
     replay = args.buffer_size * (2 * obs_size + action_size + 2) * 4 * args.num_seeds
-    devices = jax.devices()
-    return (f"{algo} on {task.name} ({task.backend}, {len(devices)} × {devices[0].device_kind}): E={args.num_envs} "
-            f"U={args.updates_per_iteration} batch={args.batch_size} seeds={args.num_seeds}, replay "
-            f"{format_bytes(replay)}; building the envs")
+    count, mode = devices.device_count(args), devices.mode_of(args)
+    placement = {"single": "", "seeds": ", seeds split", "data": ", data parallel"}[mode]
+    processes_note = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    return (f"{algo} on {task.name} ({task.backend}, {count} × {jax.devices()[0].device_kind}{processes_note}"
+            f"{placement}): E={args.num_envs} U={args.updates_per_iteration} batch={args.batch_size} "
+            f"seeds={args.num_seeds}, replay {format_bytes(replay)}; building the envs")
 
 
 class ResumedRun(NamedTuple):
@@ -287,15 +350,22 @@ class ResumedRun(NamedTuple):
 
 def open_resumed_run(args: RunArgs) -> ResumedRun:
     """The run `--resume` names, locked for this process, with its checkpoint read and verified as the run's own;
-    anything wrong exits 2 before a file of the run is touched."""
-    try:
-        run_dir, contents = resume.locate(args.resume)
-        resume.check_belongs_to_run(run_dir, contents)  # read-only: a refused resume leaves the run as it was
-        lock = lock_run_dir(run_dir)
-    except (checkpoint.CheckpointError, RunLocked, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    anything wrong exits 2 before a file of the run is touched. With several processes, process 0 alone reads the
+    run (the others get its state in `start_or_resume`) and all of them exit when it refuses; the others return
+    None."""
+    problem = None
+    if processes.is_main():
+        try:
+            run_dir, contents = resume.locate(args.resume)
+            resume.check_belongs_to_run(run_dir, contents)  # read-only: a refused resume leaves the run as it was
+            lock = lock_run_dir(run_dir)
+        except (checkpoint.CheckpointError, RunLocked, ValueError) as error:
+            problem = error
+    if processes.any_process(problem is not None):
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    return ResumedRun(run_dir, contents, lock)
+    return ResumedRun(run_dir, contents, lock) if processes.is_main() else None
 
 
 class RunStart(NamedTuple):
@@ -308,49 +378,86 @@ class RunStart(NamedTuple):
 
 
 def replay_row_axis(args: RunArgs) -> int:
-    return 1 if args.num_seeds > 1 else 0  # several seeds: a leading seed axis
+    return 1 if args.num_seeds > 1 or devices.replay_shards(args) > 1 else 0  # a leading seed or shard axis
 
 
 def start_or_resume(args: RunArgs, algo: str, env: VectorEnv, template, seed_label: str,
-                    resumed: ResumedRun | None) -> RunStart:
+                    resumed: ResumedRun | None, shardings=None) -> RunStart:
     """A fresh, locked run directory; or the resumed run's state, fitted to `template` (a checkpoint stores only the
-    replay's filled rows), with host envs restored."""
+    replay's filled rows), with host envs restored, and laid out by `shardings` (several devices). With several
+    processes only process 0 has a run directory; it sends the resumed state to the others."""
+    if not processes.is_main():
+        return RunStart(None, None, *resumed_from_main(args, template, shardings), None, None)
     if not args.resume:
         run_dir = make_run_dir(args.run_root, env.name, env.backend, algo, seed_label)
         return RunStart(run_dir, uuid.uuid4().hex, None, 0, None, lock_run_dir(run_dir))
     resumed = resumed or open_resumed_run(args)
     metadata = resumed.contents.metadata
     rows = metadata.get("replay_rows")
-    axis = replay_row_axis(args)
-    stored_template = template if rows is None else jax.eval_shape(
-        lambda state: state.replace(buffer=replay.trimmed(state.buffer, rows, axis)), template)
     try:
-        state = checkpoint.to_state(resumed.contents, stored_template)
+        state = checkpoint.to_state(resumed.contents, stored_template(args, template, rows))
     except checkpoint.CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
-    if rows is not None:
-        state = state.replace(buffer=replay.padded(state.buffer, args.buffer_size, axis))
+    if jax.process_count() > 1:
+        processes.from_main(np.array([metadata["step"], -1 if rows is None else rows], np.int64))
+        processes.from_main(jax.tree.leaves(devices.host_data(state)))
+    state = fitted(args, state, rows, shardings)
     env.restore(state.env)  # host envs take back their saved state; Playground's lives in the pytree
     print(f"resuming {resumed.run_dir} from {resumed.contents.path.name} (env step {metadata['step']})", flush=True)
     return RunStart(resumed.run_dir, metadata["config"]["run_id"], state, metadata["step"], resumed.contents.path,
                     resumed.lock)
 
 
+def stored_template(args: RunArgs, template, rows: int | None):
+    """The train state's shapes as a checkpoint stores them: the replay's first `rows` rows (all rows for a
+    checkpoint that recorded none)."""
+    return template if rows is None else jax.eval_shape(
+        lambda state: state.replace(buffer=replay.trimmed(state.buffer, rows, replay_row_axis(args))), template)
+
+
+def fitted(args: RunArgs, state, rows: int | None, shardings):
+    """A stored state as the chunk takes it: the replay padded back to its capacity, laid out over the devices."""
+    if rows is not None:
+        capacity = args.buffer_size // devices.replay_shards(args)
+        state = state.replace(buffer=replay.padded(state.buffer, capacity, replay_row_axis(args)))
+    return state if shardings is None else devices.put(state, shardings)
+
+
+def resumed_from_main(args: RunArgs, template, shardings) -> tuple[Any, int]:
+    """On a process other than 0: (state, step) as process 0 resumed them, or (None, 0) for a fresh run."""
+    if not args.resume:
+        return None, 0
+    step, rows = (int(value) for value in processes.from_main(np.zeros(2, np.int64)))
+    rows = None if rows < 0 else rows
+    stored = stored_template(args, template, rows)
+    leaves = processes.from_main([np.zeros(leaf.shape, leaf.dtype) for leaf in
+                                  jax.tree.leaves(devices.host_data(stored))])
+    state = devices.from_host_data(stored, jax.tree.unflatten(jax.tree.structure(stored), leaves))
+    return fitted(args, state, rows, shardings), step
+
+
 class Checkpoints:
     """Saves the train state (host envs captured, the replay's filled rows only) into run_dir/checkpoints and
     remembers the last good one. A save that fails names that one and exits with EXIT_WRITE_FAILED."""
 
-    def __init__(self, directory: Path, env: VectorEnv, metadata: dict, args: RunArgs, last: Path | None):
+    def __init__(self, directory: Path | None, env: VectorEnv, metadata: dict, args: RunArgs, last: Path | None):
+        """`directory` None: a process other than 0, which takes part in gathering the state and writes nothing."""
         self.directory, self.env, self.metadata, self.args, self.last = directory, env, metadata, args, last
-        if directory.is_dir():
+        if directory is not None and directory.is_dir():
             for leftover in directory.glob(".checkpoint_*.tmp"):  # a save killed mid-write
                 leftover.unlink(missing_ok=True)
 
-    def save(self, state: TrainState, step: int) -> Path:
-        rows = int(np.max(jax.device_get(state.buffer.size)))
+    def save(self, state: TrainState, step: int) -> Path | None:
+        """With several processes every one of them calls this (the state is gathered to each), and process 0
+        writes."""
+        rows = int(np.max(devices.to_host(state.buffer.size)))
         stored = state.replace(env=self.env.capture(state.env),
                                buffer=replay.trimmed(state.buffer, rows, replay_row_axis(self.args)))
+        if jax.process_count() > 1:
+            stored = devices.to_host(stored)
+        if self.directory is None:
+            return None
         try:
             self.directory.mkdir(exist_ok=True)
             self.last = checkpoint.save(self.directory, step, stored, dict(step=step, replay_rows=rows,
@@ -392,7 +499,7 @@ def evaluate_and_log(trainer: Trainer, state: TrainState, step: int, eval_keys, 
     for mode in eval_modes:
         keys = jax.vmap(lambda key: evaluation_key(key, step, eval_modes.index(mode)))(eval_keys)
         if videos is None:
-            returns = np.asarray(trainer.evaluate(state, keys, mode == "deterministic"))
+            returns = np.asarray(devices.to_host(trainer.evaluate(state, keys, mode == "deterministic")))
         else:
             returns = videos.evaluate(trainer.evaluate_recorded, state, keys, mode == "deterministic", step, logger,
                                       film=film and mode == eval_modes[-1])
@@ -407,34 +514,42 @@ def start_line(template, run_dir: Path) -> str:
 
 
 def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: ResumedRun | None = None,
-          policy_fields: tuple[str, ...] = ()) -> None:
+          policy_fields: tuple[str, ...] = (), placement: devices.Placement | None = None) -> None:
     """Run chunks until `total_steps`: evaluate every `eval_interval` env steps, checkpoint the whole train state
     every `checkpoint_interval`, and do both at the end. `--resume` continues a run exactly where its checkpoint left
     it; a first SIGINT/SIGTERM checkpoints after the current chunk and exits with 128 + the signal number
     (common.stopping). With `--num-seeds S` the seeds `seed … seed+S-1` train together, and every metrics and eval
     row names its seed. With `policy_fields`, each checkpoint gets the exported policy beside it
-    (common.policy_export); with `--video-interval`, evaluations are filmed (common.video)."""
+    (common.policy_export); with `--video-interval`, evaluations are filmed (common.video). `placement` (default:
+    one device) spreads the train state over several devices (common.devices); with several processes, process 0
+    alone writes the run directory (common.processes)."""
     seeds = list(range(args.seed, args.seed + args.num_seeds))
     seed_label = str(args.seed) if args.num_seeds == 1 else f"{seeds[0]}-{seeds[-1]}"
+    placement = placement or devices.Placement.of(args)
     trainer = over_seeds(trainer, args.num_seeds)
     init_keys, eval_keys = seed_keys(args.seed, args.num_seeds)
     template = jax.eval_shape(trainer.init, init_keys)
-    check_memory(template, jax.devices()[0], "the train state (replay, networks, optimiser and env states)")
-    start = start_or_resume(args, algo, env, template, seed_label, resumed)
-    print(start_line(template, start.run_dir), flush=True)
-    resume.warn_if_disk_is_short(start.run_dir, checkpoint.checkpoint_bytes(template) * (args.keep_checkpoints + 1))
+    trainer = placed(trainer, placement, template)
+    main = processes.is_main()
+    check_memory(template, jax.local_devices()[0], "the train state (replay, networks, optimiser and env states)",
+                 share=devices.device_count(args))
+    start = start_or_resume(args, algo, env, template, seed_label, resumed, trainer.state_shardings)
+    if main:
+        print(start_line(template, start.run_dir), flush=True)
+        resume.warn_if_disk_is_short(start.run_dir,
+                                     checkpoint.checkpoint_bytes(template) * (args.keep_checkpoints + 1))
 
     steps_per_chunk = trainer.env_steps_per_chunk
     num_chunks = -(-args.total_steps // steps_per_chunk)
     config = dict(dataclasses.asdict(args), **dataclasses.asdict(trainer.agent.config), algo=algo,
                   backend=env.backend, backend_task=env.backend_task, env_steps_per_chunk=steps_per_chunk,
                   total_steps_run=num_chunks * steps_per_chunk, device=str(jax.devices()[0]),
-                  jax_version=jax.__version__, run_id=start.run_id)
+                  jax_version=jax.__version__, run_id=start.run_id, **placement.describe())
     # Rows logged after the checkpoint (the chunks an interrupted run lost) are replaced, not duplicated.
     logger = RunLogger(start.run_dir, config, num_chunks * steps_per_chunk, use_wandb=args.wandb,
                        wandb_project=args.wandb_project, resume_step=start.step if args.resume else None,
-                       num_seeds=args.num_seeds)
-    checkpoints = Checkpoints(start.run_dir / "checkpoints", env, dict(algo=algo, config=config), args,
+                       num_seeds=args.num_seeds) if main else QuietLogger()
+    checkpoints = Checkpoints(start.run_dir / "checkpoints" if main else None, env, dict(algo=algo, config=config), args,
                               last=start.checkpoint)
     eval_modes = eval_modes_of(args.eval_mode)
     videos = (video.EvaluationVideos(trainer.eval_env, start.run_dir, args.video_interval, args.eval_interval,
@@ -443,7 +558,8 @@ def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: R
     stop.saved(start.checkpoint)
 
     try:
-        state = trainer.init(init_keys) if start.state is None else start.state
+        state = trainer.init(devices.put(init_keys, placement.replicated) if placement.mesh else init_keys) \
+            if start.state is None else start.state
         logger.advance(start.step)
         logger.note("compiling the training step (minutes on a CPU; XLA may print a 'Very slow compile?' notice)")
         for chunk_index in range(start.step // steps_per_chunk + 1, num_chunks + 1):
@@ -451,11 +567,13 @@ def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: R
             last_chunk = chunk_index == num_chunks
             began = time.perf_counter()
             state, metrics = trainer.chunk(state)
-            metrics = {name: np.atleast_1d(values) for name, values in jax.device_get(metrics).items()}  # [S]
+            metrics = {name: np.atleast_1d(values) for name, values in devices.to_host(metrics).items()}  # [S]
             seconds = time.perf_counter() - began
             try:
                 check_finite(metrics, step, seeds)
-            except FloatingPointError as error:
+                if placement.mode == "data":
+                    devices.check_replicas(state.learner, f"after the chunk ending at env step {step}")
+            except (FloatingPointError, devices.ReplicasDiverged) as error:
                 raise SystemExit(f"error: {error}; the run stopped; last good checkpoint: {checkpoints.last}")
             log_chunk(logger, metrics, step, seconds, trainer, seeds)
             if chunk_index == start.step // steps_per_chunk + 1:
@@ -467,13 +585,18 @@ def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: R
                 postfix.update(evaluate_and_log(trainer, state, step, eval_keys, eval_modes, logger, seeds, videos,
                                                 film))
             logger.advance(step, postfix)
-            if crossed(step, previous_step, args.checkpoint_interval) or last_chunk or stop.requested:
+            stopping_now = processes.any_process(bool(stop.requested))  # every process stops at the same chunk
+            if crossed(step, previous_step, args.checkpoint_interval) or last_chunk or stopping_now:
                 if last_chunk:
                     logger.note("writing the final checkpoint")
                 stop.saved(checkpoints.save(state, step))
-                if policy_fields:
-                    policy_export.save(checkpoints.directory, step, state.learner, trainer.agent, env, policy_fields,
+                learner = devices.to_host(state.learner) if jax.process_count() > 1 else state.learner
+                if policy_fields and main:
+                    policy_export.save(checkpoints.directory, step, learner, trainer.agent, env, policy_fields,
                                        config, several_seeds=args.num_seeds > 1)
+            if stopping_now and not stop.requested:
+                print(f"\nstopped with the run's other processes at env step {step}", file=sys.stderr, flush=True)
+                raise SystemExit(128 + signal.SIGTERM)
             if stop.requested:
                 print(f"\nstopped by {stop.requested.name} at env step {step}; checkpoint: {checkpoints.last}",
                       file=sys.stderr, flush=True)

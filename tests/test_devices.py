@@ -1,0 +1,125 @@
+"""Several devices and several processes (common.devices, common.processes), on forced CPU devices and two local
+processes: each placement computes what one device computes, and the flags are checked before anything compiles.
+CPU "devices" share the same cores, so these tests say nothing of speed (benchmarks/throughput.py does)."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORCED = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+# Float tolerance: the split programs reduce in another order than the whole one (seen: ≤ 1e-6 after 5 chunks).
+TOLERANCE = 1e-4
+
+
+def run(args: list[str], extra_env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(extra_env or {}))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def findings() -> dict:
+    result = run(["-m", "tests.placement_worker"], FORCED)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("FINDINGS "))
+    return json.loads(line.removeprefix("FINDINGS "))
+
+
+def test_seeds_split_over_devices_compute_what_one_device_computes(findings):
+    seeds = findings["seeds"]
+    assert seeds["state"] < TOLERANCE and seeds["metrics"] < TOLERANCE and seeds["returns"] < TOLERANCE
+    # Really split: every device holds one seed's replay (and networks); the seeds differ.
+    assert seeds["replay_devices"] == 4 and seeds["replay_shard_shape"][0] == 1
+    assert seeds["params_devices"] == 4 and seeds["seeds_differ"]
+
+
+def test_data_parallel_equals_one_device_drawing_the_same_global_batch(findings):
+    """The one-device reference is the same program unsplit: 4 replay shards (shard k holds envs 2k, 2k+1), each
+    update drawing 4 rows from each shard with the shard's own key (common.training.sample_batch)."""
+    data = findings["data"]
+    assert data["updates"] > 0 and data["state"] < TOLERANCE and data["metrics"] < TOLERANCE
+    assert data["replay_shape"] == [4, 64, 5]  # 4 shards × 256 / 4 rows × cartpole's 5 observations
+    assert data["replay_devices"] == 4 and data["env_devices"] == 4 and data["params_replicated"]
+
+
+def test_the_replica_check_finds_a_copy_that_diverged(findings):
+    assert "a planted divergence" in findings["data"]["caught"] and "differs" in findings["data"]["caught"]
+
+
+SMALL = ["--env=cartpole-balance", "--num-envs=4", "--updates-per-iteration=1", "--batch-size=16",
+         "--start-steps=16", "--hidden-dim=16", "--log-interval=8", "--total-steps=48", "--eval-interval=24",
+         "--eval-episodes=2", "--episode-length=20", "--checkpoint-interval=24", "--buffer-size=256"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--devices=3", "--num-seeds=4"], "--num-seeds 4 does not split over 3 devices; use 3 or 6"),
+    (["--devices=8", "--num-seeds=8"], "--devices 8: only 4 devices"),
+    (["--devices=2"], "add --data-parallel"),
+    (["--devices=4", "--data-parallel", "--num-envs=6"], "--num-envs 6 does not split over 4 devices"),
+    (["--devices=2", "--num-seeds=2", "--env=cheetah-run", "--backend=dm_control"], "dm_control envs step on the host"),
+], ids=["seeds-remainder", "too-many", "one-seed", "envs-remainder", "host-backend"])
+def test_placement_flags_are_refused_before_anything_compiles(tmp_path, flags, message):
+    result = run(["-m", "tests.minimal_ddpg", *SMALL, *flags, f"--run-root={tmp_path}"], FORCED, timeout=120)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert "compiling" not in result.stderr and not any(tmp_path.iterdir())
+
+
+def rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def numbers(table: list[dict], columns: tuple[str, ...]) -> np.ndarray:
+    return np.array([[float(row[c]) for c in columns] for row in table])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_processes(flags: list[str]) -> list[subprocess.CompletedProcess]:
+    """The same command in two processes of one CPU device each, joined through jax.distributed over loopback."""
+    address = f"127.0.0.1:{free_port()}"
+    env = [dict(os.environ, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(index))
+           for index in range(2)]
+    started = [subprocess.Popen([sys.executable, "-m", "tests.minimal_ddpg", *flags], cwd=ROOT, env=env[index],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in range(2)]
+    results = []
+    for process in started:
+        stdout, stderr = process.communicate(timeout=900)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return results
+
+
+def test_two_processes_equal_one_process_with_two_devices_and_resume_exactly(tmp_path):
+    placement = ["--devices=0", "--num-seeds=2"]
+    one = run(["-m", "tests.minimal_ddpg", *SMALL, *placement, f"--run-root={tmp_path / 'one'}"],
+              {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert one.returncode == 0, one.stderr[-3000:]
+    (one_dir,) = (tmp_path / "one").iterdir()
+
+    # Two processes train half the run, then resume it to the end.
+    half = two_processes([*SMALL, *placement, "--total-steps=24", f"--run-root={tmp_path / 'two'}"])
+    assert [r.returncode for r in half] == [0, 0], half[0].stderr[-3000:] + half[1].stderr[-3000:]
+    (two_dir,) = (tmp_path / "two").iterdir()  # process 1 wrote no run directory of its own
+    config = json.loads((two_dir / "config.json").read_text())
+    assert config["process_count"] == 2 and config["device_count"] == 2 and config["mesh_shape"] == {"seeds": 2}
+    rest = two_processes([f"--resume={two_dir}", "--total-steps=48"])
+    assert [r.returncode for r in rest] == [0, 0], rest[0].stderr[-3000:] + rest[1].stderr[-3000:]
+    assert "resuming" in rest[0].stdout and "resuming" not in rest[1].stdout  # process 0 alone speaks and writes
+
+    for name, columns in (("eval.csv", ("step", "seed", "return_mean")),
+                          ("metrics.csv", ("step", "seed", "critic_loss", "actor_loss"))):
+        expected, found = rows(one_dir / name), rows(two_dir / name)
+        assert len(found) == len(expected) == (4 if name == "eval.csv" else 12), name
+        np.testing.assert_allclose(numbers(found, columns), numbers(expected, columns), rtol=TOLERANCE,
+                                   atol=TOLERANCE, err_msg=name)
