@@ -549,8 +549,8 @@ def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: R
     logger = RunLogger(start.run_dir, config, num_chunks * steps_per_chunk, use_wandb=args.wandb,
                        wandb_project=args.wandb_project, resume_step=start.step if args.resume else None,
                        num_seeds=args.num_seeds) if main else QuietLogger()
-    checkpoints = Checkpoints(start.run_dir / "checkpoints" if main else None, env, dict(algo=algo, config=config), args,
-                              last=start.checkpoint)
+    checkpoints = Checkpoints(start.run_dir / "checkpoints" if main else None, env, dict(algo=algo, config=config),
+                              args, last=start.checkpoint)
     eval_modes = eval_modes_of(args.eval_mode)
     videos = (video.EvaluationVideos(trainer.eval_env, start.run_dir, args.video_interval, args.eval_interval,
                                      parse_video_size(args.video_size)) if args.video_interval else None)

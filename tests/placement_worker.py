@@ -38,8 +38,10 @@ def train(args, placed_on: list):
 
 def max_difference(a, b) -> float:
     """Largest absolute difference over all leaves (keys compared as their data)."""
-    pairs = zip(jax.tree.leaves(devices.host_data(jax.device_get(a))), jax.tree.leaves(devices.host_data(jax.device_get(b))))
-    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0)) for x, y in pairs)
+    def leaves(tree):
+        return [np.asarray(leaf, np.float64) for leaf in jax.tree.leaves(devices.host_data(jax.device_get(tree)))]
+
+    return max(float(np.max(np.abs(x - y), initial=0)) for x, y in zip(leaves(a), leaves(b)))
 
 
 def devices_holding(leaf) -> int:
