@@ -13,6 +13,12 @@ more envs come almost free (the updates dominate); above it, env-steps/s grows e
 
     python benchmarks/throughput.py --algo flowrl --env humanoid-walk --num-envs 1 4 16 64 256 \
         --out benchmarks/results/scaling_cpu.csv --plot benchmarks/results/scaling_cpu.png
+
+With --devices, each E is measured on each device count D, the train state split as `--split` says (common.devices):
+`data` splits the E envs, the replay and each batch over D devices; `seeds` trains D seeds, one per device (the
+env-steps/s then count every seed's). D = 1 is the unsplit program. On forced CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=N) the devices share the same cores, so the rows measure only
+what splitting the program costs, never a speed-up; the update-only columns are measured at D = 1 only.
 """
 
 import csv
@@ -32,6 +38,8 @@ from benchmarks import algorithms  # noqa: E402
 from benchmarks.flops import CPU_PEAK_GFLOPS, matmul_flops  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
 from benchmarks.timing import best_seconds  # noqa: E402
+from common import training  # noqa: E402
+from common.devices import Placement  # noqa: E402
 from common.envs import BatchedEnv  # noqa: E402
 
 
@@ -53,6 +61,10 @@ class Args:
     """Env steps per timed chunk (at least one iteration)."""
     repeats: int = 3
     """Timed chunks per E; the best is reported."""
+    devices: tuple[int, ...] = (1,)
+    """D values to measure each E on."""
+    split: Literal["data", "seeds"] = "data"
+    """How the train state is split over D > 1 devices: one seed's envs and replay (`data`), or D seeds."""
     update_only: int = 50
     """Updates in the update-only timing."""
     peak_gflops: float = CPU_PEAK_GFLOPS
@@ -65,22 +77,27 @@ class Args:
     """Measure nothing: draw --plot from the rows already in --out that match --algo, --env, U, width and batch."""
 
 
-def algorithm_args(args: Args, num_envs: int, iterations: int):
+def algorithm_args(args: Args, num_envs: int, iterations: int, devices: int = 1):
     script_args = algorithms.script_args(args.algo)
     sizes = {name: args.hidden_dim for name in ("hidden_dim", "actor_hidden_dim", "critic_hidden_dim")
              if name in {f.name for f in dataclasses.fields(script_args)}}
     return dataclasses.replace(
         script_args(), env=args.env, num_envs=num_envs, updates_per_iteration=args.updates_per_iteration,
         batch_size=args.batch_size, start_steps=args.batch_size, log_interval=iterations * num_envs,
-        total_steps=10 * iterations * num_envs, eval_episodes=1, **sizes)
+        total_steps=10 * iterations * num_envs, eval_episodes=1, devices=devices,
+        data_parallel=args.split == "data" and devices > 1, num_seeds=devices if args.split == "seeds" else 1,
+        buffer_size=script_args().buffer_size // devices * devices, **sizes)
 
 
-def measure(args: Args, num_envs: int) -> dict:
+def measure(args: Args, num_envs: int, devices: int = 1) -> dict:
     iterations = max(1, -(-max(args.timed_steps, args.batch_size) // num_envs))
-    run_args = algorithm_args(args, num_envs, iterations)
+    run_args = algorithm_args(args, num_envs, iterations, devices)
     env = BatchedEnv(args.env, num_envs)
-    trainer = algorithms.make_trainer(args.algo, run_args, env, BatchedEnv(args.env, 1))
-    state = trainer.init(jax.random.key(0))
+    unsplit = algorithms.make_trainer(args.algo, run_args, env, BatchedEnv(args.env, 1))
+    trainer = training.over_seeds(unsplit, run_args.num_seeds)
+    init_keys = training.seed_keys(0, run_args.num_seeds)[0]
+    trainer = training.placed(trainer, Placement.of(run_args), jax.eval_shape(trainer.init, init_keys))
+    state = trainer.init(init_keys)
     start = time.perf_counter()
     state, _ = jax.block_until_ready(trainer.chunk(state))  # compiles, and fills the buffer past one batch
     compile_seconds = time.perf_counter() - start
@@ -92,21 +109,26 @@ def measure(args: Args, num_envs: int) -> dict:
         return metrics
 
     chunk_seconds = best_seconds(run_chunk, args.repeats)
+    env_steps_per_s = round(iterations * num_envs * run_args.num_seeds / chunk_seconds, 1)
+    updates_per_s = round(iterations * args.updates_per_iteration * run_args.num_seeds / chunk_seconds, 2)
+    row = dict(algo=args.algo, env=args.env, num_envs=num_envs, updates_per_iteration=args.updates_per_iteration,
+               hidden_dim=args.hidden_dim, batch_size=args.batch_size,
+               # placement columns only in a devices sweep, so that earlier CSVs keep their header
+               **(dict(devices=devices, split=args.split if devices > 1 else "") if args.devices != (1,) else {}),
+               env_steps_per_s=env_steps_per_s, updates_per_s=updates_per_s)
+    if devices > 1:
+        return dict(row, compile_s=round(compile_seconds, 1), **provenance())
 
     # Average matmul FLOPs of an update: the policy branch runs on one update in `policy_delay` (FlowRL).
-    fewest, most = matmul_flops(trainer.update, holder[0], jax.random.key(1))
+    fewest, most = matmul_flops(unsplit.update, holder[0], jax.random.key(1))
     update_flops = fewest + (most - fewest) / getattr(run_args, "policy_delay", 1)
     update_keys = jax.random.split(jax.random.key(1), args.update_only)
-    updates = jax.jit(lambda state, keys: jax.lax.scan(trainer.update, state, keys)[1])
+    updates = jax.jit(lambda state, keys: jax.lax.scan(unsplit.update, state, keys)[1])
     compiled_updates = updates.lower(holder[0], update_keys).compile()
     update_seconds = best_seconds(lambda: compiled_updates(holder[0], update_keys), args.repeats) / args.update_only
 
     return dict(
-        algo=args.algo, env=args.env, num_envs=num_envs, updates_per_iteration=args.updates_per_iteration,
-        hidden_dim=args.hidden_dim, batch_size=args.batch_size,
-        env_steps_per_s=round(iterations * num_envs / chunk_seconds, 1),
-        updates_per_s=round(iterations * args.updates_per_iteration / chunk_seconds, 2),
-        update_only_per_s=round(1.0 / update_seconds, 2), gflop_per_update=round(update_flops / 1e9, 3),
+        row, update_only_per_s=round(1.0 / update_seconds, 2), gflop_per_update=round(update_flops / 1e9, 3),
         update_gflops=round(update_flops / update_seconds / 1e9, 1),
         peak_fraction=round(update_flops / update_seconds / 1e9 / args.peak_gflops, 3),
         compile_s=round(compile_seconds, 1), **provenance(),
@@ -170,8 +192,9 @@ def main() -> None:
     else:
         rows = []
         for num_envs in args.num_envs:
-            rows.append(measure(args, num_envs))
-            append_row(args.out, rows[-1])
+            for devices in args.devices:
+                rows.append(measure(args, num_envs, devices))
+                append_row(args.out, rows[-1])
     if args.plot:
         knee_envs = plot_scaling(rows, args.plot)
         print(f"knee at E ≈ {knee_envs:.0f}" if knee_envs else "no knee in the measured range", f"(plot: {args.plot})")
