@@ -116,8 +116,9 @@ def measure(args: Args, num_envs: int, devices: int = 1) -> dict:
                # placement columns only in a devices sweep, so that earlier CSVs keep their header
                **(dict(devices=devices, split=args.split if devices > 1 else "") if args.devices != (1,) else {}),
                env_steps_per_s=env_steps_per_s, updates_per_s=updates_per_s)
-    if devices > 1:
-        return dict(row, compile_s=round(compile_seconds, 1), **provenance())
+    if devices > 1:  # the update-only timing runs the unsplit update: blank, in the same columns
+        return dict(row, **dict.fromkeys(("update_only_per_s", "gflop_per_update", "update_gflops", "peak_fraction"),
+                                         ""), compile_s=round(compile_seconds, 1), **provenance())
 
     # Average matmul FLOPs of an update: the policy branch runs on one update in `policy_delay` (FlowRL).
     fewest, most = matmul_flops(unsplit.update, holder[0], jax.random.key(1))

@@ -10,7 +10,7 @@ from common import checkpoint
 from common.resources import format_bytes
 
 # What config.json records of the machine and the run's length rather than of the train state.
-RUN_FACTS = frozenset({"device", "jax_version", "total_steps_run"})
+RUN_FACTS = frozenset({"device", "device_kind", "process_count", "jax_version", "total_steps_run"})
 # Flags that do not change what the train state means or how the next chunk computes: they may differ on resume.
 SAFE_TO_CHANGE = frozenset({"total_steps", "eval_interval", "eval_episodes", "eval_mode", "checkpoint_interval",
                             "keep_checkpoints", "resume", "run_root", "wandb", "wandb_project",

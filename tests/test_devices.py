@@ -123,3 +123,25 @@ def test_two_processes_equal_one_process_with_two_devices_and_resume_exactly(tmp
         assert len(found) == len(expected) == (4 if name == "eval.csv" else 12), name
         np.testing.assert_allclose(numbers(found, columns), numbers(expected, columns), rtol=TOLERANCE,
                                    atol=TOLERANCE, err_msg=name)
+
+
+def test_a_data_parallel_run_resumes_exactly_and_refuses_another_device_count(tmp_path):
+    placement = ["--devices=2", "--data-parallel"]
+    full = run(["-m", "tests.minimal_ddpg", *SMALL, *placement, f"--run-root={tmp_path / 'full'}"], FORCED)
+    assert full.returncode == 0, full.stderr[-3000:]
+    (full_dir,) = (tmp_path / "full").iterdir()
+    half = run(["-m", "tests.minimal_ddpg", *SMALL, *placement, "--total-steps=24",
+                f"--run-root={tmp_path / 'half'}"], FORCED)
+    assert half.returncode == 0, half.stderr[-3000:]
+    (half_dir,) = (tmp_path / "half").iterdir()
+
+    other = run(["-m", "tests.minimal_ddpg", f"--resume={half_dir}", "--devices=4"], FORCED, timeout=120)
+    assert other.returncode == 2 and "--devices: 2 in the run, 4 now" in other.stderr, other.stderr[-2000:]
+    rest = run(["-m", "tests.minimal_ddpg", f"--resume={half_dir}", "--total-steps=48"], FORCED)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    for name in ("eval.csv", "metrics.csv"):
+        columns = ("step", "return_mean") if name == "eval.csv" else ("step", "critic_loss", "actor_loss")
+        np.testing.assert_array_equal(numbers(rows(half_dir / name), columns), numbers(rows(full_dir / name), columns),
+                                      err_msg=name)
+    config = json.loads((half_dir / "config.json").read_text())
+    assert config["placement"] == "data" and config["mesh_shape"] == {"data": 2} and config["process_count"] == 1
