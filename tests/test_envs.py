@@ -197,7 +197,7 @@ class _CountingEnv:
         # auto-reset like BatchedEnv: an env that ended starts a new episode and keeps earning reward
         new = _State(obs=state.obs, t=jnp.where(terminated | truncated, 0, t))
         return new, StepOutput(state.obs, jnp.ones(self.num_envs), terminated, truncated, t.astype(jnp.float32),
-                               jnp.zeros(self.num_envs, bool))
+                               jnp.zeros(self.num_envs, bool), jnp.full(self.num_envs, jnp.nan))
 
 
 def test_evaluator_masks_rewards_after_the_first_episode_ends():
