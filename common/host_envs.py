@@ -102,6 +102,8 @@ def _set_pcg64_words(generator: np.random.Generator, words: np.ndarray) -> None:
 class _DMControlTask:
     """One dm_control suite env, with its time limit lifted (the pool keeps the limit) and its observation flat."""
 
+    reports_success = False
+
     def __init__(self, source: str):
         suite = dm_control_suite()
         domain, task = source.split("-")
@@ -162,6 +164,8 @@ class _DMControlTask:
 class _GymnasiumTask:
     """One Gymnasium MuJoCo env without its wrappers (the pool keeps the time limit)."""
 
+    reports_success = False
+
     def __init__(self, source: str):
         import warnings
 
@@ -206,14 +210,20 @@ class _MyoSuiteTask:
     """One MyoSuite task as gymnasium.make builds it, less its time limit (the pool keeps the limit): MyoSuite's own
     wrapper stays, which ends an episode whose simulation went unstable as a termination."""
 
+    reports_success = True  # MyoSuite's `solved`
+
     def __init__(self, source: str):
         import dataclasses
+        import warnings
 
         import gymnasium
         import myosuite  # noqa: F401  (registers the MyoSuite ids with Gymnasium)
 
         spec = gymnasium.spec(source)
-        self.wrapped = gymnasium.make(dataclasses.replace(spec, max_episode_steps=None), disable_env_checker=True)
+        with warnings.catch_warnings():
+            # MyoSuite's model builder warns that its spec could not be saved to XML; the project never saves it.
+            warnings.filterwarnings("ignore", message="Attaching a spec with an empty prefix")
+            self.wrapped = gymnasium.make(dataclasses.replace(spec, max_episode_steps=None), disable_env_checker=True)
         self.env = self.wrapped.unwrapped
         self.default_episode_length = spec.max_episode_steps
         space = self.env.action_space
@@ -336,6 +346,8 @@ class _Pool:
                 self._warn_once(error)
                 next_obs, reward, terminated, success, nonfinite = np.zeros(env.obs_size), 0.0, False, math.nan, True
             nonfinite = nonfinite or not (np.isfinite(next_obs).all() and np.isfinite(reward))
+            if nonfinite and env.reports_success:  # a failed step solved nothing (NaN stays for tasks without a flag)
+                success = 0.0
             terminated = terminated and not nonfinite
             truncated = self.episode_steps[i] >= self.episode_length and not (terminated or nonfinite)
             out["next_obs"][i], out["reward"][i] = next_obs, 0.0 if nonfinite else reward

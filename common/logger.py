@@ -119,18 +119,25 @@ class RunLogger:
         if self._wandb:
             self._wandb.log(metrics, step=step)
 
-    def log_eval(self, step: int, returns: np.ndarray, mode: str, seed: int | None = None) -> dict[str, float]:
+    def log_eval(self, step: int, returns: np.ndarray, mode: str, seed: int | None = None,
+                 success: np.ndarray | None = None) -> dict[str, float]:
+        """One eval row. `success` (per episode, 1/0; NaN where the task reports none) adds success_rate beside the
+        return and each episode's success after the returns."""
         step, returns = int(step), np.asarray(returns, dtype=np.float64).ravel()
+        scored = success is not None and not np.isnan(success).any()
         summary = {
             "return_mean": float(returns.mean()),
+            **({"success_rate": float(np.mean(success))} if scored else {}),
             "return_std": float(returns.std()),
             "return_min": float(returns.min()),
             "return_max": float(returns.max()),
             "num_episodes": len(returns),
         }
-        returns_text = " ".join(f"{r:.6g}" for r in returns)
+        episodes = {"returns": " ".join(f"{r:.6g}" for r in returns)}
+        if scored:
+            episodes["successes"] = " ".join(str(int(s)) for s in np.ravel(success))
         seed_column = {} if seed is None else {"seed": int(seed)}
-        self._eval.write({"step": step, **seed_column, "mode": mode, **summary, "returns": returns_text})
+        self._eval.write({"step": step, **seed_column, "mode": mode, **summary, **episodes})
         # the mode is part of the tag: two eval modes at one step would otherwise overwrite each other
         tagged = {self._tag("eval", f"{mode}/{k}", seed): v for k, v in summary.items()}
         for tag, v in tagged.items():

@@ -73,10 +73,15 @@ class Task(NamedTuple):
     source: str    # the backend's own name: Playground's `HumanoidWalk`, dm_control's `dog-run`, Gymnasium's `Ant-v4`
 
 
+def installed(package: str) -> bool:
+    """Whether `package` can be imported, found without importing it."""
+    return importlib.util.find_spec(package) is not None
+
+
 @functools.cache
 def _tasks(backend: str) -> dict[str, Task]:
     """Normalised spelling -> Task, for one backend, from the literal table (no simulator is imported)."""
-    if backend != "myosuite" and importlib.util.find_spec(PACKAGES[backend]) is None:
+    if backend != "myosuite" and not installed(PACKAGES[backend]):
         return {}
     tasks = {_normalise(name): Task(name, backend, source) for name, owner, source, _, _ in TASKS if owner == backend}
     if backend == "playground":  # Playground's own names work too; they contain no '_' or '-', so cannot collide
@@ -127,7 +132,7 @@ def resolve_task(name: str, backend: str = "auto") -> Task:
 def require_installed(task: Task) -> Task:
     """`task`, or UnknownEnvError with the install line where it is MyoSuite's and MyoSuite is missing (only its
     tasks resolve without their package)."""
-    if task.backend == "myosuite" and importlib.util.find_spec("myosuite") is None:
+    if task.backend == "myosuite" and not installed("myosuite"):
         raise UnknownEnvError(f"--env: {task.name} needs MyoSuite, which is not installed: {MYOSUITE_INSTALL}")
     return task
 

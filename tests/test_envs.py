@@ -170,7 +170,7 @@ def test_time_limit_keeps_true_final_obs_then_resets(rollout, raw):
 
 def test_evaluator_returns_one_episode_per_env(env, params, rollout):
     *_, outs = rollout
-    returns = fast_jit(make_evaluator(env, act_fn))(params, EVAL_KEY)
+    returns = fast_jit(make_evaluator(env, act_fn))(params, EVAL_KEY).returns
     assert returns.shape == (E,) and returns.dtype == jnp.float32
     # exactly the first episode (L steps) of each env: not fewer steps, and nothing from the next episode
     np.testing.assert_allclose(returns, outs.reward[1, :L].sum(0), rtol=1e-5)
@@ -201,7 +201,7 @@ class _CountingEnv:
 
 
 def test_evaluator_masks_rewards_after_the_first_episode_ends():
-    returns = jax.jit(make_evaluator(_CountingEnv(), lambda p, obs, k: obs))(None, EVAL_KEY)
+    returns = jax.jit(make_evaluator(_CountingEnv(), lambda p, obs, k: obs))(None, EVAL_KEY).returns
     np.testing.assert_array_equal(returns, [1.0, 2.0, 3.0])  # 4.0 each if rewards after a termination counted
 
 
