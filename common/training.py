@@ -206,9 +206,9 @@ def seed_axes(state: TrainState, agent: Algorithm):
 
 def over_seeds(trainer: Trainer, num_seeds: int) -> Trainer:
     """The trainer for `num_seeds` independent seeds in one program: init and evaluate take one key per seed, and
-    evaluate returns Episodes of [seeds, episodes]. Several seeds: chunk and evaluate vmap over the leading seed axis of the train
-    state (see seed_axes), and the chunk metrics carry that axis. One seed: no axis is added, so the compiled program
-    and the checkpoint layout are exactly the single-seed ones."""
+    evaluate returns Episodes of [seeds, episodes]. Several seeds: chunk and evaluate vmap over the leading seed axis of
+    the train state (see seed_axes), and the chunk metrics carry that axis. One seed: no axis is added, so the compiled
+    program and the checkpoint layout are exactly the single-seed ones."""
     recorded = trainer.evaluate_recorded
     if num_seeds == 1:
         def record_one(state, keys, deterministic):

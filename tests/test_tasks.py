@@ -54,7 +54,7 @@ def test_a_backend_without_the_task_names_the_ones_with_it():
         resolve_task("dog-run", "playground")
     with pytest.raises(UnknownEnvError, match="it is in: gymnasium"):
         resolve_task("Ant-v4", "dm_control")
-    with pytest.raises(ValueError, match="--backend must be auto or one of playground, dm_control, gymnasium, myosuite"):
+    with pytest.raises(ValueError, match="--backend must be auto or one of playground, dm_control, gymnasium, myo"):
         resolve_task("dog-run", "mjx")
 
 
@@ -93,7 +93,8 @@ def test_the_literal_task_table_equals_the_libraries(backend):
     assert sorted(t for t in all_tasks() if t.backend == backend) == sorted(library_tasks(backend))
 
 
-@pytest.mark.parametrize("name", ["cartpole-balance", "dog-run", "lqr-lqr-2-1", "Humanoid-v5", "myoHandKeyTurnRandom-v0"])
+@pytest.mark.parametrize("name", ["cartpole-balance", "dog-run", "lqr-lqr-2-1", "Humanoid-v5",
+                                  "myoHandKeyTurnRandom-v0"])
 def test_the_table_sizes_are_those_of_the_built_env(name):
     task = resolve_task(name)
     assert task_sizes()[task.name, task.backend] == measure_sizes(task)
