@@ -1,5 +1,5 @@
-"""Throughput with a host backend (dm_control, Gymnasium): the bare env rate, the rate inside training, and the
-share of each training step that the host envs take.
+"""Throughput with a host backend (dm_control, Gymnasium, MyoSuite): the bare env rate, the rate inside training, and
+the share of each training step that the host envs take.
 
 For each E in --num-envs:
 - bare: E task objects stepped with uniform random actions, without JAX, by one thread and by --host-threads
@@ -33,9 +33,9 @@ from common.tasks import resolve_task  # noqa: E402
 @dataclasses.dataclass
 class Args:
     env: str = "dog-run"
-    """A dm_control or Gymnasium task."""
-    backend: Literal["auto", "dm_control", "gymnasium"] = "auto"
-    """Its backend (auto: dm_control if it has the task, else Gymnasium)."""
+    """A dm_control, Gymnasium or MyoSuite task."""
+    backend: Literal["auto", "dm_control", "gymnasium", "myosuite"] = "auto"
+    """Its backend (auto: the first of dm_control, Gymnasium and MyoSuite that has the task)."""
     algo: Literal["flowrl", "sac"] = "flowrl"
     num_envs: tuple[int, ...] = (1, 16)
     """E values to measure, one row each (E = 1 with U = 1 is paper mode)."""

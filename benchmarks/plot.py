@@ -1,11 +1,12 @@
 """Learning curves and aggregate scores (IQM, stratified-bootstrap 95 % CIs) of a benchmark suite.
 
-Reads <results-dir>/<task>/<algo>.csv (header `seed,step,eval_return`, one row per seed per evaluation) and
-writes, into <results-dir>:
-  curves.png     one panel per task: mean eval return over seeds against env steps, 95 % bootstrap CI over seeds
-  aggregate.png  algorithms across tasks: IQM of the normalised score (return / 1000) against the fraction of
-                 the training budget, and the final IQM, both with 95 % stratified-bootstrap CIs
-  summary.csv    task, algo, seeds, final step, final mean eval return and its 95 % bootstrap CI (also printed)
+Reads <results-dir>/<task>/<algo>.csv (header `seed,step,eval_return`, or `seed,step,eval_success` for a task scored
+by success rate such as MyoSuite's; one row per seed per evaluation) and writes, into <results-dir>:
+  curves.png     one panel per task: mean eval return (or success rate) over seeds against env steps, 95 % bootstrap
+                 CI over seeds
+  aggregate.png  algorithms across tasks: IQM of the normalised score (return / 1000, or the success rate) against
+                 the fraction of the training budget, and the final IQM, both with 95 % stratified-bootstrap CIs
+  summary.csv    task, algo, seeds, final step, metric, its final mean and 95 % bootstrap CI (also printed)
 
     python benchmarks/plot.py --suite cpu          # benchmarks/results/cpu
     python benchmarks/plot.py --results-dir /tmp/my_suite
@@ -23,10 +24,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.stats import bootstrap_ci, dmc_normalized_score, iqm, stratified_bootstrap_ci  # noqa: E402
+from benchmarks.stats import bootstrap_ci, iqm, normalized_score, stratified_bootstrap_ci  # noqa: E402
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
-HEADER = ["seed", "step", "eval_return"]
+METRICS = ("eval_return", "eval_success")  # the third column of a results CSV
 ALGO_LABELS = {"flowrl": "FlowRL", "sac": "SAC"}
 ALGO_ORDER = list(ALGO_LABELS)  # known algorithms first, in this order, so colours stay fixed across plots
 GRID_POINTS = 51  # budget fractions on which the aggregate curve is evaluated
@@ -54,7 +55,12 @@ class Runs:
 
     seeds: list[int]
     steps: np.ndarray  # [evals], shared by every seed
-    returns: np.ndarray  # [seeds, evals]
+    returns: np.ndarray  # [seeds, evals]: eval returns, or success rates where metric is eval_success
+    metric: str = "eval_return"  # one of METRICS
+
+    def scores(self, values) -> np.ndarray:
+        """`values` (some of `returns`) as normalised scores in [0, 1]."""
+        return normalized_score(values, self.metric)
 
 
 def warn(message: str) -> None:
@@ -70,8 +76,8 @@ def read_runs(path: Path) -> Runs:
     with path.open(newline="") as file:
         reader = csv.reader(file)
         header = next(reader, None)
-        if header != HEADER:
-            raise ResultsError(f"{path}: header is {header}, expected {','.join(HEADER)}")
+        if header is None or header[:2] != ["seed", "step"] or len(header) != 3 or header[2] not in METRICS:
+            raise ResultsError(f"{path}: header is {header}, expected seed,step, then one of {', '.join(METRICS)}")
         by_seed: dict[int, dict[int, float]] = {}
         for line, row in enumerate(reader, start=2):
             try:
@@ -89,7 +95,7 @@ def read_runs(path: Path) -> Runs:
         if sorted(by_seed[seed]) != steps:
             raise ResultsError(f"{path}: seed {seed} was evaluated at other steps than seed {seeds[0]}")
     returns = np.array([[by_seed[seed][step] for step in steps] for seed in seeds])
-    return Runs(seeds, np.array(steps, dtype=np.int64), returns)
+    return Runs(seeds, np.array(steps, dtype=np.int64), returns, header[2])
 
 
 def read_suite(results_dir: Path) -> dict[str, dict[str, Runs]]:
@@ -109,15 +115,17 @@ def algorithms(suite: dict[str, dict[str, Runs]]) -> list[str]:
 
 
 def summarize(suite, resamples: int, seed: int) -> list[dict]:
-    """One row per task and algorithm: the final eval return, mean over seeds with a 95 % bootstrap CI."""
+    """One row per task and algorithm: the final eval return (or success rate), mean over seeds with a 95 %
+    bootstrap CI."""
     rows = []
     for task, by_algo in suite.items():
         for algo, runs in by_algo.items():
             final = runs.returns[:, -1]
             low, high = bootstrap_ci(final, np.mean, resamples=resamples, rng=seed)
+            digits = 3 if runs.metric == "eval_success" else 2
             rows.append(dict(task=task, algo=algo, seeds=len(runs.seeds), final_step=int(runs.steps[-1]),
-                             final_return_mean=round(float(final.mean()), 2),
-                             ci95_low=round(float(low), 2), ci95_high=round(float(high), 2)))
+                             metric=runs.metric, final_mean=round(float(final.mean()), digits),
+                             ci95_low=round(float(low), digits), ci95_high=round(float(high), digits)))
     return rows
 
 
@@ -127,10 +135,12 @@ def write_summary(rows: list[dict], path: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     width = max(len(row["task"]) for row in rows)
-    print(f"{'task':<{width}}  {'algo':<8}{'seeds':>5}  {'final step':>10}  final eval return, mean [95% CI]")
+    print(f"{'task':<{width}}  {'algo':<8}{'seeds':>5}  {'final step':>10}  final eval return or success, mean "
+          f"[95% CI]")
     for row in rows:
+        form = ".3f" if row["metric"] == "eval_success" else ".1f"
         print(f"{row['task']:<{width}}  {row['algo']:<8}{row['seeds']:>5}  {row['final_step']:>10}  "
-              f"{row['final_return_mean']:.1f} [{row['ci95_low']:.1f}, {row['ci95_high']:.1f}]")
+              f"{row['final_mean']:{form}} [{row['ci95_low']:{form}}, {row['ci95_high']:{form}}]")
 
 
 def plot_curves(suite, colors: dict[str, str], resamples: int, seed: int, path: Path) -> None:
@@ -149,7 +159,8 @@ def plot_curves(suite, colors: dict[str, str], resamples: int, seed: int, path: 
         seeds_text = (f"{seed_counts.pop()} seeds" if len(seed_counts) == 1 else
                       "seeds: " + ", ".join(f"{label(a)} {len(r.seeds)}" for a, r in by_algo.items()))
         ax.set_title(f"{task} ({seeds_text})", fontsize="medium")
-        ax.set(xlabel="env steps", ylabel="eval return")
+        metric = next(iter(by_algo.values())).metric
+        ax.set(xlabel="env steps", ylabel="eval success rate" if metric == "eval_success" else "eval return")
         ax.xaxis.set_major_formatter(EngFormatter())  # 500k, 1M rather than an offset like 1e6
         ax.grid(alpha=0.3)
     for ax in axes[len(suite):]:
@@ -157,7 +168,7 @@ def plot_curves(suite, colors: dict[str, str], resamples: int, seed: int, path: 
     handles = [next(line for ax in axes for line in ax.get_lines() if line.get_label() == label(algo))
                for algo in colors]
     fig.legend(handles=handles, loc="outside upper center", ncols=len(colors), frameon=False,
-               title="mean eval return over seeds; shaded: 95 % bootstrap CI over seeds")
+               title="mean eval return (or success rate) over seeds; shaded: 95 % bootstrap CI over seeds")
     fig.savefig(path, dpi=120)
 
 
@@ -190,12 +201,12 @@ def aggregate(suite, resamples: int, seed: int) -> dict:
                  f"seeds of each")
         # scores[grid point, run, task]: normalised return, interpolated onto the common budget fractions
         scores = np.stack([
-            np.stack([np.interp(fraction, runs.steps / runs.steps[-1], dmc_normalized_score(returns))
+            np.stack([np.interp(fraction, runs.steps / runs.steps[-1], runs.scores(returns))
                       for returns in runs.returns[:runs_per_task]], axis=1)
             for runs in per_task], axis=2)
         bands = [stratified_bootstrap_ci(at_fraction, iqm, resamples=resamples, rng=seed) for at_fraction in scores]
         result["curves"][algo] = (iqm(scores, axis=(1, 2)), *np.array(bands).T)
-        final = np.stack([dmc_normalized_score(runs.returns[:runs_per_task, -1]) for runs in per_task], axis=1)
+        final = np.stack([runs.scores(runs.returns[:runs_per_task, -1]) for runs in per_task], axis=1)
         low, high = stratified_bootstrap_ci(final, iqm, resamples=resamples, rng=seed)
         result["final"][algo] = (float(iqm(final)), float(low), float(high))
     return result
@@ -207,7 +218,8 @@ def plot_aggregate(result: dict, colors: dict[str, str], path: Path) -> None:
     for algo, (point, low, high) in result["curves"].items():
         curve_ax.plot(result["fraction"], point, color=colors[algo], label=label(algo))
         curve_ax.fill_between(result["fraction"], low, high, color=colors[algo], alpha=0.2, linewidth=0)
-    curve_ax.set(xlabel="fraction of the training budget", ylabel="IQM normalised score (return / 1000)")
+    curve_ax.set(xlabel="fraction of the training budget",
+                 ylabel="IQM normalised score\n(return / 1000; success rate where scored)")
     curve_ax.grid(alpha=0.3)
     curve_ax.legend(loc="best")
     final = result["final"]

@@ -5,11 +5,13 @@
     python benchmarks/run_suite.py --suite dmc-paper        # the same on original dm_control, dog included, paper mode
     python benchmarks/run_suite.py --suite dmc-200k         # cheetah-run, walker-walk, 200 k steps, 3 seeds (CPU, hours)
     python benchmarks/run_suite.py --suite gym              # Gymnasium MuJoCo v4, paper mode
+    python benchmarks/run_suite.py --suite myo              # MyoSuite's hard hand tasks, paper mode, success rate
     python benchmarks/run_suite.py --suite mine --tasks cartpole-swingup --algos sac --num-seeds 2 --total-steps 20000
 
-Results: benchmarks/results/<suite>/<task>/<algo>.csv (seed, step, eval_return: the mean stochastic eval return),
-plus runs.csv there (one row per finished pair: flags, wall-clock, device, command). Run directories, logs and
-checkpoints go under runs/suites/<suite>/<task>/<algo>/ (not committed).
+Results: benchmarks/results/<suite>/<task>/<algo>.csv (seed, step, eval_return: the mean stochastic eval return; or
+eval_success, the stochastic eval success rate, for a task that reports success: MyoSuite's), plus runs.csv there
+(one row per finished pair: flags, wall-clock, device, command). Run directories, logs and checkpoints go under
+runs/suites/<suite>/<task>/<algo>/ (not committed).
 
 Resumable: a pair whose results CSV exists is skipped; an interrupted pair continues from its newest checkpoint
 (the training scripts' --resume). Plot with benchmarks/plot.py --suite <suite>.
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import tyro
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,13 +103,21 @@ SUITES = {
                                             "Humanoid-v4")},
         num_seeds=5, flags=PAPER_MODE, algo_flags={"flowrl": REFERENCE_FLOWRL}, evaluations=100, backend="gymnasium",
     ),
+    # MyoSuite's hard ("Random") hand tasks that FlowRL, SimbaV2, BRO and TD-MPC2 publish success rates on, at their
+    # 1 M steps, in paper mode; scored by success rate (docs/myosuite.md, which also estimates its time).
+    "myo": Suite(
+        tasks={task: 1_000_000 for task in ("myoHandReachRandom-v0", "myoHandPoseRandom-v0", "myoHandPenTwirlRandom-v0",
+                                            "myoHandObjHoldRandom-v0", "myoHandKeyTurnRandom-v0")},
+        num_seeds=5, flags=PAPER_MODE, algo_flags={"flowrl": REFERENCE_FLOWRL}, evaluations=100, backend="myosuite",
+    ),
 }
 
 
 @dataclasses.dataclass
 class Args:
     suite: str = "cpu"
-    """A named suite (cpu, paper, dmc-paper, gym), or a new name for a custom suite given by --tasks/--total-steps."""
+    """A named suite (cpu, dmc-200k, paper, dmc-paper, gym, myo), or a new name for a custom suite given by
+    --tasks/--total-steps."""
     tasks: tuple[str, ...] = ()
     """Restrict a named suite to these tasks, or list the tasks of a custom suite."""
     algos: tuple[Algo, ...] = ()
@@ -197,21 +208,24 @@ def newest_run(root: Path) -> Path:
     return max(root.glob("*/eval.csv"), key=lambda p: p.stat().st_mtime).parent
 
 
-def write_results(run_dir: Path, path: Path) -> float:
-    """Copy the stochastic evaluations of a finished run to the suite's CSV; returns the final mean over seeds."""
+def write_results(run_dir: Path, path: Path) -> tuple[str, float]:
+    """Copy the stochastic evaluations of a finished run to the suite's CSV: the success rate where the task reports
+    success (as MyoSuite is scored), else the return. Returns (that column's name, its final mean over seeds)."""
     evaluations = read_eval_csv(run_dir / "eval.csv")
     keep = evaluations["mode"] == "stochastic"
-    rows = sorted(zip(evaluations["seed"][keep], evaluations["step"][keep], evaluations["return_mean"][keep]))
+    scored = not np.isnan(evaluations["success_rate"][keep]).any()
+    metric, values = ("eval_success", "success_rate") if scored else ("eval_return", "return_mean")
+    rows = sorted(zip(evaluations["seed"][keep], evaluations["step"][keep], evaluations[values][keep]))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     with temporary.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["seed", "step", "eval_return"])
+        writer.writerow(["seed", "step", metric])
         writer.writerows((int(seed), int(step), f"{value:.6g}") for seed, step, value in rows)
     temporary.replace(path)  # a CSV that exists is complete: the suite skips it on the next call
     final_step = max(step for _, step, _ in rows)
     finals = [float(value) for _, step, value in rows if step == final_step]
-    return sum(finals) / len(finals)
+    return metric, sum(finals) / len(finals)
 
 
 def format_seconds(seconds: float) -> str:
@@ -250,13 +264,13 @@ def main() -> None:
                   f"continue from its last checkpoint)", file=sys.stderr)
             raise SystemExit(1)
         seconds = time.perf_counter() - job_start
-        final = write_results(newest_run(root), results_path(args, job))
+        metric, final = write_results(newest_run(root), results_path(args, job))
         append_row(Path(args.results_root) / args.suite / "runs.csv",
                    dict(task=job.task, algo=job.algo, num_seeds=job.num_seeds, total_steps=job.total_steps,
-                        flags=" ".join(job.flags), wall_s=round(seconds, 1), final_eval_return=round(final, 1),
+                        flags=" ".join(job.flags), wall_s=round(seconds, 1), **{f"final_{metric}": round(final, 3)},
                         **dict(provenance(), command=" ".join(cmd[1:]))))
         finished_steps += job.total_steps
-        print(f"  done in {format_seconds(seconds)}: final eval return {final:.1f} (mean over seeds)", flush=True)
+        print(f"  done in {format_seconds(seconds)}: final {metric} {final:.3g} (mean over seeds)", flush=True)
     if args.dry_run:
         return
     print(f"suite {args.suite} complete in {format_seconds(time.perf_counter() - started)}; "

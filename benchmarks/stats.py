@@ -19,6 +19,14 @@ def dmc_normalized_score(returns) -> np.ndarray:
     return np.asarray(returns, dtype=np.float64) / DMC_MAX_RETURN
 
 
+def normalized_score(values, metric: str) -> np.ndarray:
+    """A results column as a score in [0, 1]: `eval_success` (MyoSuite's success rate, as its published numbers are
+    aggregated) is one already; `eval_return` is a DM Control return."""
+    if metric == "eval_success":
+        return np.asarray(values, dtype=np.float64)
+    return dmc_normalized_score(values)
+
+
 def iqm(scores, axis=None):
     """Interquartile mean: the mean of the middle 50 % of the entries over `axis` (default: all entries).
 

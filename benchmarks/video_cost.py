@@ -49,9 +49,9 @@ def measure(name: str, backend: str, width: int, height: int, out_dir: Path) -> 
     def filmed():
         return video.filmed_episode(env, recorded_one_seed, learner, key, True, film=True)
 
-    np.asarray(plain(learner, key, True))  # compile
+    np.asarray(plain(learner, key, True).returns)  # compile
     filmed()
-    _, plain_s = seconds(lambda: np.asarray(plain(learner, key, True)))
+    _, plain_s = seconds(lambda: np.asarray(plain(learner, key, True).returns))
     (_, scene), recorded_s = seconds(filmed)
     frames, render_s = seconds(lambda: video.render(scene, width, height))
     path, encode_s = seconds(lambda: video.write_mp4(out_dir / f"{name}__{backend}.mp4", frames, 1 / env.control_dt))

@@ -27,18 +27,19 @@ from common.checks import flag, require_positive
 from common.resources import check_run_root
 from common.contract import MakeAlgorithm
 from common.policy_export import PolicyFile
-from common.tasks import format_task_list, resolve_task
+from common.tasks import format_task_list, require_installed, resolve_task
 
 
 @dataclasses.dataclass
 class RunArgs:
     env: str = "humanoid-walk"
-    """Task: DM Control style (`humanoid-walk`, `dog-run`, ...) or Gymnasium (`Ant-v4`); `list` prints all of them
-    with their backends."""
-    backend: Literal["auto", "playground", "dm_control", "gymnasium"] = "auto"
+    """Task: DM Control style (`humanoid-walk`, `dog-run`, ...), Gymnasium (`Ant-v4`) or MyoSuite
+    (`myoHandReachRandom-v0`); `list` prints all of them with their backends."""
+    backend: Literal["auto", "playground", "dm_control", "gymnasium", "myosuite"] = "auto"
     """Where the task comes from: `playground` (MJX ports of DM Control, on the accelerator), `dm_control` (the
-    original suite, stepped on the host) or `gymnasium` (MuJoCo tasks, on the host). `auto`: the first of these that
-    has the task, so Playground wherever it has a port. The chosen backend is saved in config.json."""
+    original suite, stepped on the host), `gymnasium` (MuJoCo tasks, on the host) or `myosuite` (musculoskeletal hand
+    tasks, on the host). `auto`: the first of these that has the task, so Playground wherever it has a port. The
+    chosen backend is saved in config.json."""
     seed: int = 1
     """Random seed: network init, noise, environment resets."""
     num_seeds: int = 1
@@ -128,7 +129,7 @@ def require_wandb() -> None:
 
 def validate_run_args(args: RunArgs) -> None:
     """The checks every algorithm shares (env name, counts, and the E / U / batch / buffer consistency)."""
-    resolve_task(args.env, args.backend)
+    require_installed(resolve_task(args.env, args.backend))
     for name in ("num_seeds", "num_envs", "total_steps", "updates_per_iteration", "batch_size", "buffer_size",
                  "eval_interval", "eval_episodes", "log_interval", "checkpoint_interval", "keep_checkpoints"):
         require_positive(name, getattr(args, name))

@@ -3,7 +3,8 @@
 An algorithm file (flowrl_jax.py, sac_jax.py, or a user's own) provides a config dataclass and
 `make(config, obs_size, action_size) -> Algorithm`. It imports nothing of this repository: `Algorithm` is a Protocol,
 so any object with these members conforms (a NamedTuple is the usual choice). The envs are `VectorEnv`s: Playground's
-MJX tasks (common.envs.BatchedEnv) and the host-stepped dm_control/Gymnasium tasks (common.host_envs.HostBatchedEnv).
+MJX tasks (common.envs.BatchedEnv) and the host-stepped dm_control/Gymnasium/MyoSuite tasks
+(common.host_envs.HostBatchedEnv).
 
 The harness owns everything else: the envs, the replay buffer and how its rows are laid out, the train state, the
 compiled chunk, logging, evaluation and checkpoints. Batches reach `update` as a dict of arrays:
@@ -69,6 +70,7 @@ class StepOutput:
     truncated: jax.Array  # [E] bool, time limit reached and not terminated: bootstrap from next_obs
     episode_return: jax.Array  # [E] float32, return of the episode ending here (meaningful where terminated|truncated)
     nonfinite: jax.Array  # [E] bool, the physics produced a NaN/Inf observation or reward: env reset, step unusable
+    success: jax.Array  # [E] float32, 1/0: the task counts this step as solved (MyoSuite); NaN: it reports no success
 
 
 @runtime_checkable
@@ -80,7 +82,7 @@ class VectorEnv(Protocol):
     """
 
     name: str  # the task's canonical name (`humanoid-walk`, `Ant-v4`)
-    backend: str  # `playground`, `dm_control` or `gymnasium`
+    backend: str  # `playground`, `dm_control`, `gymnasium` or `myosuite`
     backend_task: str  # the backend's own name for the task
     num_envs: int
     obs_size: int

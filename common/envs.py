@@ -185,7 +185,8 @@ class BatchedEnv:
         terminated = (physics.done > 0.5) & ~nonfinite  # Playground's done is a float
         truncated = (episode_step >= self.episode_length) & ~terminated & ~nonfinite
         done = terminated | truncated | nonfinite
-        out = StepOutput(physics.obs, reward, terminated, truncated, episode_return, nonfinite)
+        out = StepOutput(physics.obs, reward, terminated, truncated, episode_return, nonfinite,
+                         jnp.full(self.num_envs, jnp.nan, jnp.float32))
 
         physics, rng = self._reset_done(done, physics, state.rng)
         new_state = EnvState(

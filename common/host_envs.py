@@ -1,4 +1,4 @@
-"""Tasks stepped on the host (dm_control, Gymnasium MuJoCo) as one batch of E envs with jittable reset/step.
+"""Tasks stepped on the host (dm_control, Gymnasium MuJoCo, MyoSuite) as one batch of E envs with jittable reset/step.
 
 `HostBatchedEnv` has the interface of common.envs.BatchedEnv, so the harness and the algorithms cannot tell the
 backends apart: reset(key) and step(state, action) are pure-looking JAX functions whose work happens in one
@@ -10,8 +10,10 @@ Semantics, the same as the Playground backend's:
 - `step` returns the true s' of every transition in `StepOutput.next_obs`, then resets the envs whose episode ended
   (on the host, with each env's own random state), so `HostEnvState.obs` is what the policy acts on next.
 - Termination is the task's own (Gymnasium's Ant, Hopper, Walker2d and Humanoid when they fall; dm_control when a task
-  returns discount 0). The time limit, `episode_length`, is kept here and reported as `truncated`: Gymnasium's
+  returns discount 0; MyoSuite when its `done` is set, e.g. a dropped object, or its simulation went unstable). The
+  time limit, `episode_length`, is kept here and reported as `truncated`: Gymnasium's and MyoSuite's
   `max_episode_steps`, dm_control's time limit / control timestep (1000 for every suite task).
+- `StepOutput.success` is MyoSuite's `solved` flag of the step (1 or 0); NaN for the tasks that report none.
 - dm_control's observation dict is flattened in the suite's key order (dm_control's own `flat_observation`).
 - A physics error, any exception a task raises in its step, or a NaN/Inf observation or reward resets that env and
   sets `nonfinite` (counted by the harness; the transition stays out of the replay).
@@ -41,7 +43,7 @@ from jax.experimental import io_callback
 from common.checks import require_positive
 from common.contract import StepOutput
 from common.envs import fold_vmapped_axis
-from common.tasks import dm_control_suite
+from common.tasks import dm_control_suite, require_installed
 
 # MjData arrays that the tasks' observation and reward code may read before the next physics step recomputes them:
 # after a step they describe the last substep's state (Gymnasium) or its accelerations (dm_control), which cannot
@@ -56,6 +58,11 @@ _DERIVED_FIELDS = (
 _DM_CONTROL_MODEL_FIELDS = (
     "body_pos", "body_quat", "dof_damping", "geom_pos", "geom_size", "geom_rgba", "site_pos", "site_size",
     "site_rgba", "light_pos", "wrap_prm", "hfield_data")
+# MjModel arrays that the ten MyoSuite benchmark tasks change at each reset (reach targets, the key's place, the pen's
+# goal, the held object's size and goal), found the same way; geom_aabb, geom_rbound, dof_length and the object body's
+# bounding-volume box follow the object's size.
+_MYOSUITE_MODEL_FIELDS = ("site_pos", "site_size", "body_pos", "body_quat", "geom_size", "geom_aabb", "geom_rbound",
+                          "dof_length")
 _INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
 
 
@@ -77,8 +84,25 @@ def _set_physics_arrays(model, data, arrays, recompute_positions: bool) -> None:
         np.copyto(getattr(data, name), value)
 
 
+def _pcg64_words(generator: np.random.Generator) -> np.ndarray:
+    """A PCG64 generator's state (two 128-bit integers and a cached 32-bit draw) as six uint64 words."""
+    state = generator.bit_generator.state
+    words = [state["state"]["state"], state["state"]["inc"]]
+    return np.array([w >> shift & (2**64 - 1) for w in words for shift in (0, 64)]
+                    + [state["has_uint32"], state["uinteger"]], np.uint64)
+
+
+def _set_pcg64_words(generator: np.random.Generator, words: np.ndarray) -> None:
+    s0, s1, i0, i1, has_uint32, uinteger = (int(word) for word in words)
+    generator.bit_generator.state = {"bit_generator": generator.bit_generator.state["bit_generator"],
+                                     "state": {"state": s0 | s1 << 64, "inc": i0 | i1 << 64},
+                                     "has_uint32": has_uint32, "uinteger": uinteger}
+
+
 class _DMControlTask:
     """One dm_control suite env, with its time limit lifted (the pool keeps the limit) and its observation flat."""
+
+    reports_success = False
 
     def __init__(self, source: str):
         suite = dm_control_suite()
@@ -99,16 +123,16 @@ class _DMControlTask:
             self.env.task.random.seed(seed)
         return self.env.reset().observation["observations"]
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
-        """(s', reward, terminated, diverged)."""
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, float, bool]:
+        """(s', reward, terminated, success (NaN: not reported), diverged)."""
         from dm_control.rl.control import PhysicsError
 
         try:
             timestep = self.env.step(action)
         except PhysicsError:  # dm_control's check for a diverged simulation (bad accelerations)
-            return np.zeros(self.obs_size), 0.0, False, True
+            return np.zeros(self.obs_size), 0.0, False, math.nan, True
         terminated = timestep.last() and timestep.discount == 0
-        return timestep.observation["observations"], timestep.reward, terminated, False
+        return timestep.observation["observations"], timestep.reward, terminated, math.nan, False
 
     def state_arrays(self) -> list[np.ndarray]:
         _, keys, position, has_gauss, gauss = self.env.task.random.get_state()
@@ -140,6 +164,8 @@ class _DMControlTask:
 class _GymnasiumTask:
     """One Gymnasium MuJoCo env without its wrappers (the pool keeps the time limit)."""
 
+    reports_success = False
+
     def __init__(self, source: str):
         import warnings
 
@@ -159,24 +185,16 @@ class _GymnasiumTask:
     def reset(self, seed: int | None = None) -> np.ndarray:
         return self.env.reset(seed=seed)[0]
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, float, bool]:
         obs, reward, terminated, _, _ = self.env.step(action)
-        return obs, reward, terminated, False
+        return obs, reward, terminated, math.nan, False
 
     def state_arrays(self) -> list[np.ndarray]:
-        state = self.env.np_random.bit_generator.state  # PCG64: two 128-bit integers and a cached 32-bit draw
-        words = [state["state"]["state"], state["state"]["inc"]]
-        rng = np.array([w >> shift & (2**64 - 1) for w in words for shift in (0, 64)]
-                       + [state["has_uint32"], state["uinteger"]], np.uint64)
-        return [*_physics_arrays(self.model, self.data), rng]
+        return [*_physics_arrays(self.model, self.data), _pcg64_words(self.env.np_random)]
 
     def set_state_arrays(self, arrays: list[np.ndarray]) -> None:
         _set_physics_arrays(self.model, self.data, arrays[:-1], recompute_positions=False)
-        s0, s1, i0, i1, has_uint32, uinteger = (int(word) for word in arrays[-1])
-        generator = self.env.np_random.bit_generator
-        generator.state = {"bit_generator": generator.state["bit_generator"],
-                           "state": {"state": s0 | s1 << 64, "inc": i0 | i1 << 64},
-                           "has_uint32": has_uint32, "uinteger": uinteger}
+        _set_pcg64_words(self.env.np_random, arrays[-1])
 
     def scene_arrays(self) -> list[np.ndarray]:
         """What a video frame needs: the integration state (Gymnasium's models do not change at reset)."""
@@ -188,8 +206,82 @@ class _GymnasiumTask:
         mujoco.mj_forward(self.model, self.data)
 
 
+class _MyoSuiteTask:
+    """One MyoSuite task as gymnasium.make builds it, less its time limit (the pool keeps the limit): MyoSuite's own
+    wrapper stays, which ends an episode whose simulation went unstable as a termination."""
+
+    reports_success = True  # MyoSuite's `solved`
+
+    def __init__(self, source: str):
+        import dataclasses
+        import warnings
+
+        import gymnasium
+        import myosuite  # noqa: F401  (registers the MyoSuite ids with Gymnasium)
+
+        spec = gymnasium.spec(source)
+        with warnings.catch_warnings():
+            # MyoSuite's model builder warns that its spec could not be saved to XML; the project never saves it.
+            warnings.filterwarnings("ignore", message="Attaching a spec with an empty prefix")
+            self.wrapped = gymnasium.make(dataclasses.replace(spec, max_episode_steps=None), disable_env_checker=True)
+        self.env = self.wrapped.unwrapped
+        self.default_episode_length = spec.max_episode_steps
+        space = self.env.action_space
+        self.action_low, self.action_high = space.low.astype(np.float32), space.high.astype(np.float32)
+        self.obs_size = int(self.env.observation_space.shape[0])
+        self.model, self.data = self.env.model, self.env.data
+        self.control_dt = float(self.env.dt)
+        # bvh_aabb also holds the meshes' bounding volumes (17 MB for the hand), which no reset changes: only the
+        # bodies' few rows are captured.
+        self.body_bvh_rows = np.concatenate([np.arange(start, start + count) for start, count
+                                             in zip(self.model.body_bvhadr, self.model.body_bvhnum)])
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        return self.wrapped.reset(seed=seed)[0]
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, float, bool]:
+        obs, reward, terminated, _, info = self.wrapped.step(action)
+        return obs, reward, terminated, float(info["solved"]), False
+
+    def _task_state(self) -> dict:
+        # MyoSuite keeps an episode's sampled targets (pose: the target angles) in the env's task-state dict.
+        return self.env._task_state
+
+    def state_arrays(self) -> list[np.ndarray]:
+        task_state = [np.asarray(self._task_state()[key], np.float64) for key in sorted(self._task_state())]
+        model_arrays = [getattr(self.model, name) for name in _MYOSUITE_MODEL_FIELDS]
+        body_bounds = self.model.bvh_aabb[self.body_bvh_rows]
+        return [*_physics_arrays(self.model, self.data), *model_arrays, body_bounds, *task_state,
+                _pcg64_words(self.env.np_random)]
+
+    def set_state_arrays(self, arrays: list[np.ndarray]) -> None:
+        physics, models = len(_DERIVED_FIELDS) + 1, len(_MYOSUITE_MODEL_FIELDS)
+        for name, value in zip(_MYOSUITE_MODEL_FIELDS, arrays[physics:physics + models]):
+            np.copyto(getattr(self.model, name), value)
+        self.model.bvh_aabb[self.body_bvh_rows] = arrays[physics + models]
+        _set_physics_arrays(self.model, self.data, arrays[:physics], recompute_positions=False)
+        for key, value in zip(sorted(self._task_state()), arrays[physics + models + 1:-1]):
+            self._task_state()[key] = value.copy()
+        _set_pcg64_words(self.env.np_random, arrays[-1])
+
+    def scene_arrays(self) -> list[np.ndarray]:
+        """What a video frame needs: the integration state and the model fields that the episode's reset chose."""
+        return [_integration_state(self.model, self.data),
+                *(getattr(self.model, name).copy() for name in _MYOSUITE_MODEL_FIELDS)]
+
+    def show_scene(self, arrays: list[np.ndarray]) -> None:
+        """Pose this env (one that only renders) as `scene_arrays` captured another."""
+        for name, value in zip(_MYOSUITE_MODEL_FIELDS, arrays[1:]):
+            np.copyto(getattr(self.model, name), value)
+        mujoco.mj_setState(self.model, self.data, arrays[0], _INTEGRATION)
+        mujoco.mj_forward(self.model, self.data)
+
+
+_TASK_CLASSES = {"dm_control": _DMControlTask, "gymnasium": _GymnasiumTask, "myosuite": _MyoSuiteTask}
+
+
 def _make_task(task):
-    return _DMControlTask(task.source) if task.backend == "dm_control" else _GymnasiumTask(task.source)
+    return _TASK_CLASSES[require_installed(task).backend](task.source)
 
 
 class _Pool:
@@ -231,7 +323,8 @@ class _Pool:
         n = len(actions)
         out = dict(next_obs=np.zeros((n, self.envs[0].obs_size), np.float32),
                    obs=np.zeros((n, self.envs[0].obs_size), np.float32), reward=np.zeros(n, np.float32),
-                   terminated=np.zeros(n, bool), truncated=np.zeros(n, bool), nonfinite=np.zeros(n, bool))
+                   terminated=np.zeros(n, bool), truncated=np.zeros(n, bool), nonfinite=np.zeros(n, bool),
+                   success=np.zeros(n, np.float32))
         self.episode_steps += 1
         # Each env is independent, so the order in which threads step them cannot change any result. MuJoCo releases
         # the GIL while it simulates; the tasks' Python code (observations, rewards) does not.
@@ -247,16 +340,19 @@ class _Pool:
     def _step_range(self, indices: range, actions: np.ndarray, out: dict) -> None:
         for i in indices:
             env = self.envs[i]
-            try:
-                next_obs, reward, terminated, nonfinite = env.step(actions[i])  # float32, as a policy gives them
+            try:  # float32 actions, as a policy gives them
+                next_obs, reward, terminated, success, nonfinite = env.step(actions[i])
             except Exception as error:  # a task's own failure: this env restarts, the run goes on, and it is counted
                 self._warn_once(error)
-                next_obs, reward, terminated, nonfinite = np.zeros(env.obs_size), 0.0, False, True
+                next_obs, reward, terminated, success, nonfinite = np.zeros(env.obs_size), 0.0, False, math.nan, True
             nonfinite = nonfinite or not (np.isfinite(next_obs).all() and np.isfinite(reward))
+            if nonfinite and env.reports_success:  # a failed step solved nothing (NaN stays for tasks without a flag)
+                success = 0.0
             terminated = terminated and not nonfinite
             truncated = self.episode_steps[i] >= self.episode_length and not (terminated or nonfinite)
             out["next_obs"][i], out["reward"][i] = next_obs, 0.0 if nonfinite else reward
             out["terminated"][i], out["truncated"][i], out["nonfinite"][i] = terminated, truncated, nonfinite
+            out["success"][i] = success
             if terminated or truncated or nonfinite:
                 out["obs"][i] = env.reset()
                 self.episode_steps[i] = 0
@@ -312,7 +408,7 @@ class HostEnvState:
 
 
 class HostBatchedEnv:
-    """E copies of one dm_control or Gymnasium task stepped on the host, with the interface of
+    """E copies of one dm_control, Gymnasium or MyoSuite task stepped on the host, with the interface of
     common.envs.BatchedEnv. Actions are not clipped: pass them within [action_low, action_high]. `threads` step the
     envs (0: one per CPU core); measured on 2 cores, two threads step 16 envs of dog-run 1.25x and of Ant-v4 1.7x
     faster than one (benchmarks/results/host_throughput_cpu.csv)."""
@@ -343,7 +439,7 @@ class HostBatchedEnv:
             floats = lambda *shape: jax.ShapeDtypeStruct((n, *shape), jnp.float32)  # noqa: E731
             flags = jax.ShapeDtypeStruct((n,), jnp.bool_)
             return dict(next_obs=floats(self.obs_size), obs=floats(self.obs_size), reward=floats(), terminated=flags,
-                        truncated=flags, nonfinite=flags, sync=jax.ShapeDtypeStruct((n,), jnp.int32))
+                        truncated=flags, nonfinite=flags, success=floats(), sync=jax.ShapeDtypeStruct((n,), jnp.int32))
 
         self._step_call = self._host_call(self.pool.step, step_shapes)
 
@@ -368,7 +464,7 @@ class HostBatchedEnv:
         episode_return = state.episode_return + out["reward"]
         done = out["terminated"] | out["truncated"] | out["nonfinite"]
         step = StepOutput(out["next_obs"], out["reward"], out["terminated"], out["truncated"], episode_return,
-                          out["nonfinite"])
+                          out["nonfinite"], out["success"])
         return state.replace(obs=out["obs"], episode_return=jnp.where(done, 0.0, episode_return),
                              sync=out["sync"]), step
 

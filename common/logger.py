@@ -61,9 +61,12 @@ class _CsvLog:
         self.file.close()
 
 
-def eval_summary(returns: np.ndarray) -> dict[str, float]:
-    return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
-            "return_min": float(returns.min()), "return_max": float(returns.max()), "num_episodes": len(returns)}
+def eval_summary(returns: np.ndarray, success: np.ndarray | None = None) -> dict[str, float]:
+    """An eval row's figures; success_rate beside the mean return where episodes are scored by success."""
+    return {"return_mean": float(returns.mean()),
+            **({"success_rate": float(np.mean(success))} if success is not None else {}),
+            "return_std": float(returns.std()), "return_min": float(returns.min()), "return_max": float(returns.max()),
+            "num_episodes": len(returns)}
 
 
 class QuietLogger:
@@ -73,7 +76,8 @@ class QuietLogger:
     def log_train(self, step: int, metrics: dict[str, float], seed: int | None = None) -> None:
         pass
 
-    def log_eval(self, step: int, returns: np.ndarray, mode: str, seed: int | None = None) -> dict[str, float]:
+    def log_eval(self, step: int, returns: np.ndarray, mode: str, seed: int | None = None,
+                 success: np.ndarray | None = None) -> dict[str, float]:
         return eval_summary(np.asarray(returns, dtype=np.float64).ravel())
 
     def note(self, message: str, steady_from: int | None = None) -> None:
@@ -144,12 +148,18 @@ class RunLogger:
         if self._wandb:
             self._wandb.log(metrics, step=step)
 
-    def log_eval(self, step: int, returns: np.ndarray, mode: str, seed: int | None = None) -> dict[str, float]:
+    def log_eval(self, step: int, returns: np.ndarray, mode: str, seed: int | None = None,
+                 success: np.ndarray | None = None) -> dict[str, float]:
+        """One eval row. `success` (per episode, 1/0; NaN where the task reports none) adds success_rate beside the
+        return and each episode's success after the returns."""
         step, returns = int(step), np.asarray(returns, dtype=np.float64).ravel()
-        summary = eval_summary(returns)
-        returns_text = " ".join(f"{r:.6g}" for r in returns)
+        scored = success is not None and not np.isnan(success).any()
+        summary = eval_summary(returns, success if scored else None)
+        episodes = {"returns": " ".join(f"{r:.6g}" for r in returns)}
+        if scored:
+            episodes["successes"] = " ".join(str(int(s)) for s in np.ravel(success))
         seed_column = {} if seed is None else {"seed": int(seed)}
-        self._eval.write({"step": step, **seed_column, "mode": mode, **summary, "returns": returns_text})
+        self._eval.write({"step": step, **seed_column, "mode": mode, **summary, **episodes})
         # the mode is part of the tag: two eval modes at one step would otherwise overwrite each other
         tagged = {self._tag("eval", f"{mode}/{k}", seed): v for k, v in summary.items()}
         for tag, v in tagged.items():

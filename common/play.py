@@ -49,11 +49,13 @@ def main(args: RunArgs, load_policy: Callable) -> dict[str, np.ndarray]:
         # has under `--eval-mode both`.
         index = run_modes.index(mode) if mode in run_modes else training.eval_modes_of("both").index(mode)
         key = training.evaluation_key(seed_eval_key, step, index)
-        returns, scene = video.filmed_episode(env, evaluate_one_seed, learner, key, mode == "deterministic",
-                                              film=problem is None)
-        played[mode] = returns = returns[0]
+        episodes, scene = video.filmed_episode(env, evaluate_one_seed, learner, key, mode == "deterministic",
+                                               film=problem is None)
+        played[mode] = returns = episodes.returns[0]
+        success = episodes.success[0]
+        scored = "" if np.isnan(success).any() else f", success rate {success.mean():.6g}"
         print(f"{path.name} (env step {step}), {mode}: returns {' '.join(f'{r:.6g}' for r in returns)}, mean "
-              f"{returns.mean():.6g}", flush=True)
+              f"{returns.mean():.6g}{scored}", flush=True)
         if scene is not None:
             mp4 = video.write_mp4(Path(videos) / f"play_{step:012d}_{mode}.mp4",
                                   video.render(scene, width, height), 1.0 / env.control_dt)

@@ -9,10 +9,12 @@ from matplotlib.ticker import EngFormatter
 
 
 def read_eval_csv(path) -> dict[str, np.ndarray]:
-    """Columns step, seed, mode, return_mean, return_std of an eval.csv, one entry per row in file order.
+    """Columns step, seed, mode, return_mean, return_std and success_rate of an eval.csv, one entry per row in file
+    order.
 
     Several eval modes and seeds share the file; select with data["mode"] == mode, data["seed"] == seed. A file
-    without a seed column (written by a bare RunLogger) reads as seed 0.
+    without a seed column (written by a bare RunLogger) reads as seed 0; one without success_rate (a task that reports
+    no success) reads as NaN there.
     """
     with Path(path).open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -22,6 +24,7 @@ def read_eval_csv(path) -> dict[str, np.ndarray]:
         "mode": np.array([r["mode"] for r in rows], dtype=str),
         "return_mean": np.array([float(r["return_mean"]) for r in rows], dtype=np.float64),
         "return_std": np.array([float(r["return_std"]) for r in rows], dtype=np.float64),
+        "success_rate": np.array([float(r.get("success_rate") or "nan") for r in rows], dtype=np.float64),
     }
 
 

@@ -1,4 +1,4 @@
-"""Every task of the three backends: (name, backend, the backend's own name, observation size, action size).
+"""Every task of the four backends: (name, backend, the backend's own name, observation size, action size).
 
 Literal, so that a task name is checked and `--env list` is printed without importing any simulator.
 tests/test_tasks.py keeps the names equal to the libraries' own lists and checks sizes against built envs;
@@ -103,4 +103,14 @@ TASKS: tuple[tuple[str, str, str, int, int], ...] = (
     ("Humanoid-v5", "gymnasium", "Humanoid-v5", 348, 17),
     ("HumanoidStandup-v4", "gymnasium", "HumanoidStandup-v4", 376, 17),
     ("HumanoidStandup-v5", "gymnasium", "HumanoidStandup-v5", 348, 17),
+    ("myoHandReachFixed-v0", "myosuite", "myoHandReachFixed-v0", 115, 39),
+    ("myoHandReachRandom-v0", "myosuite", "myoHandReachRandom-v0", 115, 39),
+    ("myoHandPoseFixed-v0", "myosuite", "myoHandPoseFixed-v0", 108, 39),
+    ("myoHandPoseRandom-v0", "myosuite", "myoHandPoseRandom-v0", 108, 39),
+    ("myoHandObjHoldFixed-v0", "myosuite", "myoHandObjHoldFixed-v0", 91, 39),
+    ("myoHandObjHoldRandom-v0", "myosuite", "myoHandObjHoldRandom-v0", 91, 39),
+    ("myoHandKeyTurnFixed-v0", "myosuite", "myoHandKeyTurnFixed-v0", 93, 39),
+    ("myoHandKeyTurnRandom-v0", "myosuite", "myoHandKeyTurnRandom-v0", 93, 39),
+    ("myoHandPenTwirlFixed-v0", "myosuite", "myoHandPenTwirlFixed-v0", 83, 39),
+    ("myoHandPenTwirlRandom-v0", "myosuite", "myoHandPenTwirlRandom-v0", 83, 39),
 )

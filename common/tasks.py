@@ -1,15 +1,17 @@
-"""Task names across the three backends, resolved before anything heavy is imported or compiled.
+"""Task names across the four backends, resolved before anything heavy is imported or compiled.
 
 - `playground`: MuJoCo Playground's MJX ports of DM Control (common.envs), stepped on the accelerator.
 - `dm_control`: the original DM Control suite (CPU MuJoCo), dog included; the tasks of the FlowRL paper.
 - `gymnasium`: Gymnasium's MuJoCo tasks, v4 and v5 (`Ant-v4`, `Humanoid-v5`, ...).
-The last two are stepped on the host, inside the compiled chunk (common.host_envs); common.training.make_env builds
+- `myosuite`: MyoSuite's ten musculoskeletal hand tasks of the published benchmark, by their ids
+  (`myoHandReachRandom-v0`, ...), scored by success rate (docs/myosuite.md).
+The last three are stepped on the host, inside the compiled chunk (common.host_envs); common.training.make_env builds
 the env of a resolved task.
 
 Names are case- and `_`/`-`-insensitive: `humanoid-walk`, `humanoid_CMU-run`, `ant-v4`. DM Control tasks are named
 `domain-task`, all lower case and hyphenated (`ball-in-cup-catch`, `point-mass-easy`). With `--backend auto` a name
 means the first backend that has it, in the order above, so the Playground port stays the default wherever it exists:
-`humanoid-walk` is Playground's, `dog-run` is dm_control's, `Ant-v4` is Gymnasium's.
+`humanoid-walk` is Playground's, `dog-run` is dm_control's, `Ant-v4` is Gymnasium's, `myohandposerandom-v0` MyoSuite's.
 """
 
 from __future__ import annotations
@@ -21,13 +23,20 @@ from typing import NamedTuple
 
 from common.task_table import TASKS
 
-BACKENDS = ("playground", "dm_control", "gymnasium")
+BACKENDS = ("playground", "dm_control", "gymnasium", "myosuite")
 
 # dm_control-style name -> Playground name, all 25 tasks of mujoco_playground.dm_control_suite.ALL_ENVS.
 ENV_NAMES: dict[str, str] = {name: source for name, backend, source, _, _ in TASKS if backend == "playground"}
 # The package each backend needs: a backend whose package is not installed has no tasks (GPU machines may carry
-# Playground alone).
-PACKAGES = {"playground": "mujoco_playground", "dm_control": "dm_control", "gymnasium": "gymnasium"}
+# Playground alone), except MyoSuite's: requirements.txt installs it everywhere, so a missing one is an incomplete
+# install, and its tasks still resolve for require_installed to name the install line.
+PACKAGES = {"playground": "mujoco_playground", "dm_control": "dm_control", "gymnasium": "gymnasium",
+            "myosuite": "myosuite"}
+MYOSUITE_INSTALL = "pip install -r requirements.txt (it pins myosuite==3.0.0)"
+# The published MyoSuite benchmark (TD-MPC2's, SimbaV2's and BRO's tables): reach, pose, object hold, key turn and
+# pen twirl, each Fixed and Random, the latter being the "hard" variants.
+MYOSUITE_BENCHMARK = tuple(f"myoHand{task}{variant}-v0" for task in ("Reach", "Pose", "ObjHold", "KeyTurn", "PenTwirl")
+                           for variant in ("Fixed", "Random"))
 
 
 class UnknownEnvError(ValueError):
@@ -64,10 +73,15 @@ class Task(NamedTuple):
     source: str    # the backend's own name: Playground's `HumanoidWalk`, dm_control's `dog-run`, Gymnasium's `Ant-v4`
 
 
+def installed(package: str) -> bool:
+    """Whether `package` can be imported, found without importing it."""
+    return importlib.util.find_spec(package) is not None
+
+
 @functools.cache
 def _tasks(backend: str) -> dict[str, Task]:
     """Normalised spelling -> Task, for one backend, from the literal table (no simulator is imported)."""
-    if importlib.util.find_spec(PACKAGES[backend]) is None:
+    if backend != "myosuite" and not installed(PACKAGES[backend]):
         return {}
     tasks = {_normalise(name): Task(name, backend, source) for name, owner, source, _, _ in TASKS if owner == backend}
     if backend == "playground":  # Playground's own names work too; they contain no '_' or '-', so cannot collide
@@ -82,6 +96,10 @@ def library_tasks(backend: str) -> list[Task]:
 
         names = {pg: dm for dm, pg in ENV_NAMES.items()}
         return [Task(names.get(pg, pg), backend, pg) for pg in playground.ALL_ENVS]
+    if backend == "myosuite":
+        import myosuite
+
+        return [Task(i, backend, i) for i in MYOSUITE_BENCHMARK if i in myosuite.myosuite_myobase_suite]
     if backend == "dm_control":
         return [Task(_normalise(f"{d}-{t}"), backend, f"{d}-{t}") for d, t in dm_control_suite().ALL_TASKS]
     import gymnasium
@@ -109,6 +127,14 @@ def resolve_task(name: str, backend: str = "auto") -> Task:
     hint = f"close matches: {', '.join(close)}" if close else "no close matches"
     raise UnknownEnvError(f"--env: unknown environment {name!r}; {hint} (`--env list` prints all "
                           f"{len(all_tasks())})")
+
+
+def require_installed(task: Task) -> Task:
+    """`task`, or UnknownEnvError with the install line where it is MyoSuite's and MyoSuite is missing (only its
+    tasks resolve without their package)."""
+    if task.backend == "myosuite" and not installed("myosuite"):
+        raise UnknownEnvError(f"--env: {task.name} needs MyoSuite, which is not installed: {MYOSUITE_INSTALL}")
+    return task
 
 
 def all_tasks() -> list[Task]:

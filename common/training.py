@@ -54,11 +54,11 @@ class Trainer(NamedTuple):
     agent: Algorithm    # the algorithm built for the env's sizes
     init: Callable      # key -> train state
     chunk: Callable     # state -> (state, metrics): one compiled call; the input state is donated
-    evaluate: Callable  # (state, key, deterministic: bool) -> per-episode returns [eval_episodes]
+    evaluate: Callable  # (state, key, deterministic: bool) -> Episodes: returns and success [eval_episodes]
     update: Callable    # (state, key) -> (state, metrics): draw a batch and run one update, as the chunk does
     env_steps_per_chunk: int
     eval_env: VectorEnv | None = None
-    evaluate_recorded: Callable | None = None  # as evaluate, returning (returns, trajectory); with videos on only
+    evaluate_recorded: Callable | None = None  # as evaluate, returning (episodes, trajectory); with videos on only
     state_shardings: Any = None  # the train state's layout over several devices (see `placed`); None: one device
 
 
@@ -149,7 +149,7 @@ def make_trainer(args: RunArgs, config, make_agent: MakeAlgorithm, env: VectorEn
 
 
 def make_policy_evaluator(agent: Algorithm, eval_env: VectorEnv, record: bool = False) -> Callable:
-    """(learner, key, deterministic) -> returns [eval episodes] (with `record`: (returns, trajectory), see
+    """(learner, key, deterministic) -> Episodes [eval episodes] (with `record`: (episodes, trajectory), see
     common.evaluation): the run's evaluation, and `--play`'s."""
 
     def act_in_bounds(learner_and_mode, obs, key):
@@ -235,17 +235,18 @@ def seed_axes(state: TrainState, agent: Algorithm):
 
 def over_seeds(trainer: Trainer, num_seeds: int) -> Trainer:
     """The trainer for `num_seeds` independent seeds in one program: init and evaluate take one key per seed, and
-    evaluate returns [seeds, episodes]. Several seeds: chunk and evaluate vmap over the leading seed axis of the train
-    state (see seed_axes), and the chunk metrics carry that axis. One seed: no axis is added, so the compiled program
-    and the checkpoint layout are exactly the single-seed ones."""
+    evaluate returns Episodes of [seeds, episodes]. Several seeds: chunk and evaluate vmap over the leading seed axis of
+    the train state (see seed_axes), and the chunk metrics carry that axis. One seed: no axis is added, so the compiled
+    program and the checkpoint layout are exactly the single-seed ones."""
     recorded = trainer.evaluate_recorded
     if num_seeds == 1:
         def record_one(state, keys, deterministic):
             return jax.tree.map(lambda x: x[None], recorded(state, keys[0], deterministic))
 
-        return trainer._replace(init=lambda keys: trainer.init(keys[0]),
-                                evaluate=lambda state, keys, deterministic: trainer.evaluate(state, keys[0],
-                                                                                             deterministic)[None],
+        def evaluate_one(state, keys, deterministic):
+            return jax.tree.map(lambda x: x[None], trainer.evaluate(state, keys[0], deterministic))
+
+        return trainer._replace(init=lambda keys: trainer.init(keys[0]), evaluate=evaluate_one,
                                 evaluate_recorded=None if recorded is None else record_one)
     axes = seed_axes(jax.eval_shape(trainer.init, jax.random.key(0)), trainer.agent)
     return trainer._replace(
@@ -499,11 +500,12 @@ def evaluate_and_log(trainer: Trainer, state: TrainState, step: int, eval_keys, 
     for mode in eval_modes:
         keys = jax.vmap(lambda key: evaluation_key(key, step, eval_modes.index(mode)))(eval_keys)
         if videos is None:
-            returns = np.asarray(devices.to_host(trainer.evaluate(state, keys, mode == "deterministic")))
+            episodes = devices.to_host(trainer.evaluate(state, keys, mode == "deterministic"))
         else:
-            returns = videos.evaluate(trainer.evaluate_recorded, state, keys, mode == "deterministic", step, logger,
-                                      film=film and mode == eval_modes[-1])
-        means = [logger.log_eval(step, returns[index], mode, seed)["return_mean"] for index, seed in enumerate(seeds)]
+            episodes = videos.evaluate(trainer.evaluate_recorded, state, keys, mode == "deterministic", step, logger,
+                                       film=film and mode == eval_modes[-1])
+        means = [logger.log_eval(step, episodes.returns[index], mode, seed, episodes.success[index])["return_mean"]
+                 for index, seed in enumerate(seeds)]
         postfix[f"eval_{mode[:3]}"] = f"{np.mean(means):.1f}"
     return postfix
 

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import jax
 import mujoco
 import numpy as np
 
@@ -129,19 +130,19 @@ def preview_strip(frames: np.ndarray, count: int = 4) -> np.ndarray:
 
 
 def filmed_episode(env, evaluate_recorded, state, keys, deterministic: bool, film: bool):
-    """(returns [seeds, episodes], the scene of the first seed's env 0 or None): one recorded evaluation. A host env
-    keeps its scenes only when `film`."""
+    """(Episodes of [seeds, episodes], the scene of the first seed's env 0 or None): one recorded evaluation. A host
+    env keeps its scenes only when `film`."""
     if film and not isinstance(env, BatchedEnv):
         env.start_recording()
     try:
-        returns, trajectory = evaluate_recorded(state, keys, deterministic)
-        returns = np.asarray(returns)
+        episodes, trajectory = evaluate_recorded(state, keys, deterministic)
+        episodes = jax.device_get(episodes)
     finally:
         recorded = [] if isinstance(env, BatchedEnv) or not film else env.stop_recording()
     if not film:
-        return returns, None
+        return episodes, None
     trajectory = {name: np.asarray(values)[0] for name, values in trajectory.items()}  # the first seed
-    return returns, episode_scene(env, trajectory, recorded)
+    return episodes, episode_scene(env, trajectory, recorded)
 
 
 class EvaluationVideos:
@@ -168,8 +169,8 @@ class EvaluationVideos:
         return self.enabled and (last or (step // self.eval_interval) % self.interval == 0)
 
     def evaluate(self, evaluate_recorded, state, keys, deterministic: bool, step: int, logger, film: bool):
-        """The evaluation's returns [seeds, episodes]; with `film`, its video written and logged too."""
-        returns, scene = filmed_episode(self.env, evaluate_recorded, state, keys, deterministic, film)
+        """The evaluation's Episodes of [seeds, episodes]; with `film`, its video written and logged too."""
+        episodes, scene = filmed_episode(self.env, evaluate_recorded, state, keys, deterministic, film)
         if scene is not None:
             try:
                 frames = render(scene, self.width, self.height)
@@ -178,4 +179,4 @@ class EvaluationVideos:
                 self.disable(f"rendering failed ({type(error).__name__}: {error})")
             else:
                 logger.log_video(step, path, preview_strip(frames))
-        return returns
+        return episodes

@@ -170,7 +170,7 @@ def test_time_limit_keeps_true_final_obs_then_resets(rollout, raw):
 
 def test_evaluator_returns_one_episode_per_env(env, params, rollout):
     *_, outs = rollout
-    returns = fast_jit(make_evaluator(env, act_fn))(params, EVAL_KEY)
+    returns = fast_jit(make_evaluator(env, act_fn))(params, EVAL_KEY).returns
     assert returns.shape == (E,) and returns.dtype == jnp.float32
     # exactly the first episode (L steps) of each env: not fewer steps, and nothing from the next episode
     np.testing.assert_allclose(returns, outs.reward[1, :L].sum(0), rtol=1e-5)
@@ -197,11 +197,11 @@ class _CountingEnv:
         # auto-reset like BatchedEnv: an env that ended starts a new episode and keeps earning reward
         new = _State(obs=state.obs, t=jnp.where(terminated | truncated, 0, t))
         return new, StepOutput(state.obs, jnp.ones(self.num_envs), terminated, truncated, t.astype(jnp.float32),
-                               jnp.zeros(self.num_envs, bool))
+                               jnp.zeros(self.num_envs, bool), jnp.full(self.num_envs, jnp.nan))
 
 
 def test_evaluator_masks_rewards_after_the_first_episode_ends():
-    returns = jax.jit(make_evaluator(_CountingEnv(), lambda p, obs, k: obs))(None, EVAL_KEY)
+    returns = jax.jit(make_evaluator(_CountingEnv(), lambda p, obs, k: obs))(None, EVAL_KEY).returns
     np.testing.assert_array_equal(returns, [1.0, 2.0, 3.0])  # 4.0 each if rewards after a termination counted
 
 

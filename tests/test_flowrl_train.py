@@ -85,12 +85,13 @@ def test_chunk_compiles_once_and_updates_follow_the_schedule(tiny_trainer):
 
 def test_evaluation_modes_and_deterministic_repeatability(tiny_trainer):
     state = tiny_trainer.init(jax.random.key(1))
-    deterministic = [np.asarray(tiny_trainer.evaluate(state, jax.random.key(k), True)) for k in (2, 3)]
-    stochastic = [np.asarray(tiny_trainer.evaluate(state, jax.random.key(k), False)) for k in (2, 3)]
+    deterministic = [np.asarray(tiny_trainer.evaluate(state, jax.random.key(k), True).returns) for k in (2, 3)]
+    stochastic = [np.asarray(tiny_trainer.evaluate(state, jax.random.key(k), False).returns) for k in (2, 3)]
     assert deterministic[0].shape == (TINY.eval_episodes,)
     # x0 = 0 makes the policy deterministic, so only the reset noise differs between keys; with the same key the
     # deterministic and stochastic modes differ (the acting noise differs), and each mode repeats under its key.
-    np.testing.assert_array_equal(deterministic[0], np.asarray(tiny_trainer.evaluate(state, jax.random.key(2), True)))
+    again = tiny_trainer.evaluate(state, jax.random.key(2), True).returns
+    np.testing.assert_array_equal(deterministic[0], np.asarray(again))
     assert not np.array_equal(deterministic[0], stochastic[0])
 
 

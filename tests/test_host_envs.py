@@ -201,8 +201,8 @@ def test_seed_k_of_a_vmapped_host_run_equals_the_single_run_with_that_seed():
     np.testing.assert_array_equal(many.buffer.data["obs"][1][:18], one.buffer.data["obs"][:18])
     np.testing.assert_allclose(many.buffer.data["next_obs"][1][:30], one.buffer.data["next_obs"][:30], atol=1e-4)
     assert not np.allclose(many.buffer.data["obs"][0][:18], one.buffer.data["obs"][:18])  # seed 1 is another run
-    returns_many = vmapped.evaluate(many, training.seed_keys(1, 2)[1], False)
-    returns_one = single.evaluate(one, training.seed_keys(2, 1)[1], False)
+    returns_many = vmapped.evaluate(many, training.seed_keys(1, 2)[1], False).returns
+    returns_one = single.evaluate(one, training.seed_keys(2, 1)[1], False).returns
     np.testing.assert_allclose(returns_many[1], returns_one[0], rtol=1e-4)
 
 

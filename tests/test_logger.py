@@ -208,3 +208,20 @@ def test_wandb_calls(tmp_path, monkeypatch):
     run_logger.close()
     assert calls[0][0] == "init" and calls[0][1]["project"] == "proj" and calls[0][1]["config"] == {"lr": 1e-3}
     assert calls[1:] == [("log", 5, {"train/loss": 2.0}), ("finish",)]
+
+
+def test_eval_success_sits_beside_the_return_only_for_tasks_that_report_it(tmp_path):
+    scored = RunLogger(tmp_path / "scored", {}, total_steps=10)
+    summary = scored.log_eval(10, np.array([-5.0, -3.0, -1.0, 0.0]), "stochastic", success=np.array([1, 0, 1, 1.0]))
+    assert summary["success_rate"] == 0.75
+    scored.close()
+    header, row = read_rows(tmp_path / "scored" / "eval.csv")
+    assert header[2:4] == ["return_mean", "success_rate"] and header[-2:] == ["returns", "successes"]
+    assert row[3] == "0.75" and row[-1] == "1 0 1 1"
+    np.testing.assert_array_equal(read_eval_csv(tmp_path / "scored" / "eval.csv")["success_rate"], [0.75])
+
+    unscored = RunLogger(tmp_path / "unscored", {}, total_steps=10)
+    assert "success_rate" not in unscored.log_eval(10, np.array([1.0]), "stochastic", success=np.array([np.nan]))
+    unscored.close()
+    assert read_rows(tmp_path / "unscored" / "eval.csv")[0] == EVAL_COLUMNS
+    assert np.isnan(read_eval_csv(tmp_path / "unscored" / "eval.csv")["success_rate"]).all()

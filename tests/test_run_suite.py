@@ -102,8 +102,32 @@ def test_results_keep_the_stochastic_evaluations_per_seed(tmp_path):
         rows = list(csv.reader(f))
     assert rows == [["seed", "step", "eval_return"], ["1", "100", "10"], ["1", "200", "30"], ["2", "100", "20"],
                     ["2", "200", "40"]]
-    assert final == 35.0
+    assert final == ("eval_return", 35.0)
     assert not (tmp_path / "out" / "sac.tmp").exists()
+
+
+def test_results_of_a_task_that_reports_success_are_its_success_rates(tmp_path):
+    (tmp_path / "run").mkdir()
+    with (tmp_path / "run" / "eval.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "seed", "mode", "return_mean", "success_rate", "return_std", "returns", "successes"])
+        writer.writerows([(100, 1, "stochastic", -40.0, 0.25, 0, "", ""),
+                          (100, 1, "deterministic", 9.0, 1.0, 0, "", ""),
+                          (100, 2, "stochastic", -30.0, 0.75, 0, "", "")])
+    final = run_suite.write_results(tmp_path / "run", tmp_path / "out" / "flowrl.csv")
+    with (tmp_path / "out" / "flowrl.csv").open(newline="") as f:
+        assert list(csv.reader(f)) == [["seed", "step", "eval_success"], ["1", "100", "0.25"], ["2", "100", "0.75"]]
+    assert final == ("eval_success", 0.5)
+
+
+def test_the_myo_suite_is_myosuite_s_hard_tasks_in_paper_mode_at_1m_steps():
+    jobs = run_suite.plan(Args(suite="myo"))
+    assert {job.task for job in jobs} == {f"myoHand{t}Random-v0" for t in ("Reach", "Pose", "PenTwirl", "ObjHold",
+                                                                           "KeyTurn")}
+    assert {(job.algo, job.num_seeds, job.total_steps) for job in jobs} == {("flowrl", 5, 1_000_000),
+                                                                           ("sac", 5, 1_000_000)}
+    for job in jobs:
+        assert " ".join(run_suite.PAPER_MODE) in " ".join(job.flags) and "--backend myosuite" in " ".join(job.flags)
 
 
 def test_finished_pairs_are_skipped_and_interrupted_ones_resume(tmp_path, monkeypatch, capsys):

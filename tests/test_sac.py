@@ -205,12 +205,13 @@ def test_logged_update_metrics_are_means_over_the_chunks_updates(tiny_history):
 
 def test_evaluation_modes_and_deterministic_repeatability(tiny_trainer):
     state = tiny_trainer.init(jax.random.key(1))
-    deterministic = np.asarray(tiny_trainer.evaluate(state, jax.random.key(2), True))
-    stochastic = np.asarray(tiny_trainer.evaluate(state, jax.random.key(2), False))
+    deterministic = np.asarray(tiny_trainer.evaluate(state, jax.random.key(2), True).returns)
+    stochastic = np.asarray(tiny_trainer.evaluate(state, jax.random.key(2), False).returns)
     assert deterministic.shape == (TINY.eval_episodes,) and np.all(np.isfinite(deterministic))
     # Same key: only the acting noise separates the modes; each mode repeats exactly under its key.
-    np.testing.assert_array_equal(deterministic, np.asarray(tiny_trainer.evaluate(state, jax.random.key(2), True)))
-    np.testing.assert_array_equal(stochastic, np.asarray(tiny_trainer.evaluate(state, jax.random.key(2), False)))
+    for deterministic_mode, first in ((True, deterministic), (False, stochastic)):
+        again = tiny_trainer.evaluate(state, jax.random.key(2), deterministic_mode).returns
+        np.testing.assert_array_equal(first, np.asarray(again))
     assert not np.array_equal(deterministic, stochastic)
 
 

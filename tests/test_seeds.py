@@ -52,8 +52,8 @@ def test_seed_k_of_a_vmapped_run_equals_the_single_run_with_that_seed(make_agent
     for name, value in one_metrics.items():
         np.testing.assert_allclose(np.asarray(many_metrics[name])[CHECKED], value, rtol=1e-4, atol=1e-5, err_msg=name)
     for deterministic in (False, True):
-        returns_many = np.asarray(vmapped.evaluate(many, eval_keys, deterministic))
-        returns_one = np.asarray(single.evaluate(one, single_eval_keys, deterministic))
+        returns_many = np.asarray(vmapped.evaluate(many, eval_keys, deterministic).returns)
+        returns_one = np.asarray(single.evaluate(one, single_eval_keys, deterministic).returns)
         assert returns_many.shape == (NUM_SEEDS, args.eval_episodes) and returns_one.shape == (1, args.eval_episodes)
         np.testing.assert_allclose(returns_many[CHECKED], returns_one[0], rtol=1e-4)
 

@@ -169,7 +169,8 @@ def test_plot_end_to_end(suite_dir, capsys):
     for key, (final_step, mean, low, high) in expected.items():
         row = summary[key]
         assert row["seeds"] == "3" and int(row["final_step"]) == final_step
-        assert [float(row[k]) for k in ("final_return_mean", "ci95_low", "ci95_high")] == [mean, low, high]
+        assert row["metric"] == "eval_return"
+        assert [float(row[k]) for k in ("final_mean", "ci95_low", "ci95_high")] == [mean, low, high]
     assert "770.0 [700.0, 850.0]" in capsys.readouterr().out
 
 
@@ -253,3 +254,15 @@ def test_learning_table_plots_one_panel_per_file_and_names_an_empty_one(tmp_path
     empty.write_text(header)
     with pytest.raises(ValueError, match="empty.csv has no eval rows"):
         learning_table.plot_learning_curves([Path(paths[0]), empty], tmp_path / "bad.png")
+
+
+def test_a_task_scored_by_success_enters_the_aggregate_as_its_success_rate(tmp_path, capsys):
+    for algo, success in (("flowrl", 0.8), ("sac", 0.2)):
+        write_results(tmp_path / "myoHandReachRandom-v0" / f"{algo}.csv",
+                      [(seed, step, success * step / 1000) for step in (500, 1000) for seed in range(3)],
+                      header="seed,step,eval_success")
+    result = plot.plot_suite(tmp_path, resamples=200)
+    assert result["aggregate"]["final"]["flowrl"][0] == pytest.approx(0.8)  # not divided by 1000 like a return
+    assert result["aggregate"]["final"]["sac"][0] == pytest.approx(0.2)
+    assert [row["metric"] for row in result["summary"]] == ["eval_success", "eval_success"]
+    assert "0.800 [0.800, 0.800]" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Task names across the three backends (common.tasks): resolution, backend choice, errors and `--env list`.
+"""Task names across the four backends (common.tasks): resolution, backend choice, errors and `--env list`.
 No physics is compiled here."""
 
 import pathlib
@@ -54,7 +54,7 @@ def test_a_backend_without_the_task_names_the_ones_with_it():
         resolve_task("dog-run", "playground")
     with pytest.raises(UnknownEnvError, match="it is in: gymnasium"):
         resolve_task("Ant-v4", "dm_control")
-    with pytest.raises(ValueError, match="--backend must be auto or one of playground, dm_control, gymnasium"):
+    with pytest.raises(ValueError, match="--backend must be auto or one of playground, dm_control, gymnasium, myo"):
         resolve_task("dog-run", "mjx")
 
 
@@ -63,7 +63,7 @@ def test_unknown_env_name_lists_close_matches():
         resolve_task("humanoid-wlk")
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("--env: unknown environment 'humanoid-wlk'")
-    assert "close matches: humanoid-walk, " in msg and "`--env list` prints all 97" in msg
+    assert "close matches: humanoid-walk, " in msg and "`--env list` prints all 107" in msg
     assert "close matches: Ant-v4" in str(pytest.raises(UnknownEnvError, resolve_task, "Ant-v44").value)
     assert "close matches: dog-run" in str(pytest.raises(UnknownEnvError, resolve_task, "dog-rn").value)
     assert "no close matches" in str(pytest.raises(ValueError, resolve_task, "zzz").value)
@@ -93,7 +93,8 @@ def test_the_literal_task_table_equals_the_libraries(backend):
     assert sorted(t for t in all_tasks() if t.backend == backend) == sorted(library_tasks(backend))
 
 
-@pytest.mark.parametrize("name", ["cartpole-balance", "dog-run", "lqr-lqr-2-1", "Humanoid-v5"])
+@pytest.mark.parametrize("name", ["cartpole-balance", "dog-run", "lqr-lqr-2-1", "Humanoid-v5",
+                                  "myoHandKeyTurnRandom-v0"])
 def test_the_table_sizes_are_those_of_the_built_env(name):
     task = resolve_task(name)
     assert task_sizes()[task.name, task.backend] == measure_sizes(task)
@@ -109,7 +110,7 @@ def test_env_list_prints_no_library_warnings():
 def test_a_bad_name_is_refused_without_importing_any_simulator():
     code = ("import sys; from common.tasks import resolve_task\n"
             "try:\n    resolve_task('humanoid-wlk')\nexcept ValueError as e:\n    assert 'humanoid-walk' in str(e)\n"
-            "resolve_task('Ant-v4'); resolve_task('dog-run')\n"
-            "loaded = {'mujoco', 'mujoco_playground', 'dm_control', 'gymnasium'} & set(sys.modules)\n"
+            "resolve_task('Ant-v4'); resolve_task('dog-run'); resolve_task('myoHandPoseRandom-v0')\n"
+            "loaded = {'mujoco', 'mujoco_playground', 'dm_control', 'gymnasium', 'myosuite'} & set(sys.modules)\n"
             "assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[1])
