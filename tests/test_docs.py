@@ -186,7 +186,8 @@ def command_lines() -> dict[str, frozenset[str]]:
 
 
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z0-9][\w-]*")
-EXTERNAL = re.compile(r"(^|[\s/])(pip3?|pytest)(\s|$)")
+EXTERNAL = re.compile(r"(^|[\s/])(pip3?|pytest|#SBATCH)(\s|$)")
+ENV_ASSIGNMENTS = re.compile(r"^\s*(\w+=\S*(\s+|$))+")  # `XLA_FLAGS=--xla_… python …`: the value is no flag of ours
 
 
 def command_flag_errors(command: str, lines: dict[str, frozenset[str]]) -> list[str]:
@@ -197,6 +198,7 @@ def command_flag_errors(command: str, lines: dict[str, frozenset[str]]) -> list[
     for part in re.split(r"&&|;|\|", command):
         if EXTERNAL.search(part):
             continue
+        part = ENV_ASSIGNMENTS.sub("", part)
         match = re.search(r"(?:^|[\s/])((?:benchmarks/)?[\w.-]+\.py)\b", part)
         script = match and match.group(1)
         scripts = [script] if script in lines else None
