@@ -161,4 +161,6 @@ def test_env_list_prints_every_task():
     assert ["humanoid-walk", "playground", "HumanoidWalk"] in [row[:3] for row in rows]
     assert ["dog-run", "dm_control", "dog-run"] in [row[:3] for row in rows]
     assert ["Ant-v4", "gymnasium", "Ant-v4", "obs", "27,", "action", "8"] in rows
-    assert len(rows) == 25 + 51 + 21  # Playground, dm_control's ALL_TASKS, Gymnasium's MuJoCo v4/v5 but Pusher-v4
+    assert ["myoHandReachRandom-v0", "myosuite", "myoHandReachRandom-v0"] in [row[:3] for row in rows]
+    # Playground, dm_control's ALL_TASKS, Gymnasium's MuJoCo v4/v5 but Pusher-v4, MyoSuite's ten benchmark hand tasks
+    assert len(rows) == 25 + 51 + 21 + 10
