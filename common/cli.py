@@ -368,8 +368,10 @@ def main(algo: str, config_class: type, make_agent: MakeAlgorithm, policy_file: 
     """An algorithm script's command line: answer signals from the first moment, parse and check the flags (exit 2
     before any env is built or anything compiles), then train, or with `--play` replay an exported policy
     (`policy_file` says how the algorithm exports and reads its policy)."""
-    stopping.install()
+    # Joining the other processes first: jax.distributed installs a SIGTERM handler of its own (its preemption
+    # notifier), which the watcher then replaces, so that a signal to any process stops all of them at one chunk.
     processes.initialize()  # before anything asks JAX for its devices
+    stopping.install()
     flags = parse_args(script_args(config_class), make_agent)
     if flags.play:
         if policy_file is None:

@@ -600,8 +600,9 @@ def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: R
                 print(f"\nstopped with the run's other processes at env step {step}", file=sys.stderr, flush=True)
                 raise SystemExit(128 + signal.SIGTERM)
             if stop.requested:
-                print(f"\nstopped by {stop.requested.name} at env step {step}; checkpoint: {checkpoints.last}",
-                      file=sys.stderr, flush=True)
+                written = checkpoints.last if main else "written by process 0"
+                print(f"\nstopped by {stop.requested.name} at env step {step}; checkpoint: {written}", file=sys.stderr,
+                      flush=True)
                 raise SystemExit(128 + stop.requested)
     finally:
         logger.close(curve_title=f"{algo} on {args.env} ({env.backend}, seed{'s' * (args.num_seeds > 1)} "

@@ -5,13 +5,17 @@ CPU "devices" share the same cores, so these tests say nothing of speed (benchma
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from common import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FORCED = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -86,18 +90,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_processes(flags: list[str]) -> list[subprocess.CompletedProcess]:
+def start_two_processes(flags: list[str]) -> list[subprocess.Popen]:
     """The same command in two processes of one CPU device each, joined through jax.distributed over loopback."""
     address = f"127.0.0.1:{free_port()}"
     env = [dict(os.environ, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(index))
            for index in range(2)]
-    started = [subprocess.Popen([sys.executable, "-m", "tests.minimal_ddpg", *flags], cwd=ROOT, env=env[index],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in range(2)]
+    return [subprocess.Popen([sys.executable, "-m", "tests.minimal_ddpg", *flags], cwd=ROOT, env=env[index],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in range(2)]
+
+
+def finished(started: list[subprocess.Popen]) -> list[subprocess.CompletedProcess]:
     results = []
     for process in started:
         stdout, stderr = process.communicate(timeout=900)
         results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
     return results
+
+
+def two_processes(flags: list[str]) -> list[subprocess.CompletedProcess]:
+    return finished(start_two_processes(flags))
 
 
 def test_two_processes_equal_one_process_with_two_devices_and_resume_exactly(tmp_path):
@@ -145,3 +156,21 @@ def test_a_data_parallel_run_resumes_exactly_and_refuses_another_device_count(tm
                                       err_msg=name)
     config = json.loads((half_dir / "config.json").read_text())
     assert config["placement"] == "data" and config["mesh_shape"] == {"data": 2} and config["process_count"] == 1
+
+
+def test_a_signal_to_one_process_stops_both_after_the_same_chunk_with_a_checkpoint(tmp_path):
+    started = start_two_processes([*SMALL, "--devices=0", "--num-seeds=2", "--total-steps=40000",
+                                   "--checkpoint-interval=100000", f"--run-root={tmp_path}"])
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and all(p.poll() is None for p in started):
+        runs = list(tmp_path.iterdir())
+        if runs and (runs[0] / "metrics.csv").exists() and len(rows(runs[0] / "metrics.csv")) >= 6:  # 3 chunks
+            break
+        time.sleep(0.2)
+    assert all(p.poll() is None for p in started), "the run ended before it could be signalled"
+    started[1].send_signal(signal.SIGTERM)  # process 1 only: it writes nothing, yet both must stop
+    results = finished(started)
+    assert [r.returncode for r in results] == [143, 143], results[0].stderr[-2000:] + results[1].stderr[-2000:]
+    last_step = int(rows(runs[0] / "metrics.csv")[-1]["step"])
+    (saved,) = checkpoint.list_checkpoints(runs[0] / "checkpoints")
+    assert saved.name == f"checkpoint_{last_step:012d}.msgpack" and last_step < 40000
