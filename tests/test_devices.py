@@ -84,6 +84,12 @@ def numbers(table: list[dict], columns: tuple[str, ...]) -> np.ndarray:
     return np.array([[float(row[c]) for c in columns] for row in table])
 
 
+# Two processes that compile the same program on a loaded 2-core machine can reach their first collective more than
+# gloo's 30 s context timeout apart (seen once when four processes shared the cores), so these tests are opt-in.
+several_processes = pytest.mark.skipif(not os.environ.get("FLOWRL_MULTIPROCESS_TESTS"),
+                                       reason="two jax.distributed processes; set FLOWRL_MULTIPROCESS_TESTS=1")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,6 +117,7 @@ def two_processes(flags: list[str]) -> list[subprocess.CompletedProcess]:
     return finished(start_two_processes(flags))
 
 
+@several_processes
 def test_two_processes_equal_one_process_with_two_devices_and_resume_exactly(tmp_path):
     placement = ["--devices=0", "--num-seeds=2"]
     one = run(["-m", "tests.minimal_ddpg", *SMALL, *placement, f"--run-root={tmp_path / 'one'}"],
@@ -158,6 +165,7 @@ def test_a_data_parallel_run_resumes_exactly_and_refuses_another_device_count(tm
     assert config["placement"] == "data" and config["mesh_shape"] == {"data": 2} and config["process_count"] == 1
 
 
+@several_processes
 def test_a_signal_to_one_process_stops_both_after_the_same_chunk_with_a_checkpoint(tmp_path):
     started = start_two_processes([*SMALL, "--devices=0", "--num-seeds=2", "--total-steps=40000",
                                    "--checkpoint-interval=100000", f"--run-root={tmp_path}"])
