@@ -99,10 +99,30 @@ def _set_pcg64_words(generator: np.random.Generator, words: np.ndarray) -> None:
                                      "has_uint32": has_uint32, "uinteger": uinteger}
 
 
-class _DMControlTask:
+class _PosedByResetFields:
+    """Video scenes of a task whose reset changes model fields (`scene_fields`: targets, object sizes): a frame
+    needs the integration state and those fields."""
+
+    scene_fields: tuple[str, ...]
+
+    def scene_arrays(self) -> list[np.ndarray]:
+        """What a video frame needs: the integration state and the model fields that the episode's reset chose."""
+        return [_integration_state(self.model, self.data),
+                *(getattr(self.model, name).copy() for name in self.scene_fields)]
+
+    def show_scene(self, arrays: list[np.ndarray]) -> None:
+        """Pose this env (one that only renders) as `scene_arrays` captured another."""
+        for name, value in zip(self.scene_fields, arrays[1:]):
+            np.copyto(getattr(self.model, name), value)
+        mujoco.mj_setState(self.model, self.data, arrays[0], _INTEGRATION)
+        mujoco.mj_forward(self.model, self.data)
+
+
+class _DMControlTask(_PosedByResetFields):
     """One dm_control suite env, with its time limit lifted (the pool keeps the limit) and its observation flat."""
 
     reports_success = False
+    scene_fields = _DM_CONTROL_MODEL_FIELDS
 
     def __init__(self, source: str):
         suite = dm_control_suite()
@@ -147,18 +167,6 @@ class _DMControlTask:
         _set_physics_arrays(self.model, self.data, arrays[:physics], recompute_positions=True)
         keys, (position, has_gauss), (gauss,) = arrays[-3:]
         self.env.task.random.set_state(("MT19937", keys, int(position), int(has_gauss), float(gauss)))
-
-    def scene_arrays(self) -> list[np.ndarray]:
-        """What a video frame needs: the integration state and the model fields that the episode's reset chose."""
-        return [_integration_state(self.model, self.data),
-                *(getattr(self.model, name).copy() for name in _DM_CONTROL_MODEL_FIELDS)]
-
-    def show_scene(self, arrays: list[np.ndarray]) -> None:
-        """Pose this env (one that only renders) as `scene_arrays` captured another."""
-        for name, value in zip(_DM_CONTROL_MODEL_FIELDS, arrays[1:]):
-            np.copyto(getattr(self.model, name), value)
-        mujoco.mj_setState(self.model, self.data, arrays[0], _INTEGRATION)
-        mujoco.mj_forward(self.model, self.data)
 
 
 class _GymnasiumTask:
@@ -206,11 +214,12 @@ class _GymnasiumTask:
         mujoco.mj_forward(self.model, self.data)
 
 
-class _MyoSuiteTask:
+class _MyoSuiteTask(_PosedByResetFields):
     """One MyoSuite task as gymnasium.make builds it, less its time limit (the pool keeps the limit): MyoSuite's own
     wrapper stays, which ends an episode whose simulation went unstable as a termination."""
 
     reports_success = True  # MyoSuite's `solved`
+    scene_fields = _MYOSUITE_MODEL_FIELDS
 
     def __init__(self, source: str):
         import dataclasses
@@ -263,18 +272,6 @@ class _MyoSuiteTask:
         for key, value in zip(sorted(self._task_state()), arrays[physics + models + 1:-1]):
             self._task_state()[key] = value.copy()
         _set_pcg64_words(self.env.np_random, arrays[-1])
-
-    def scene_arrays(self) -> list[np.ndarray]:
-        """What a video frame needs: the integration state and the model fields that the episode's reset chose."""
-        return [_integration_state(self.model, self.data),
-                *(getattr(self.model, name).copy() for name in _MYOSUITE_MODEL_FIELDS)]
-
-    def show_scene(self, arrays: list[np.ndarray]) -> None:
-        """Pose this env (one that only renders) as `scene_arrays` captured another."""
-        for name, value in zip(_MYOSUITE_MODEL_FIELDS, arrays[1:]):
-            np.copyto(getattr(self.model, name), value)
-        mujoco.mj_setState(self.model, self.data, arrays[0], _INTEGRATION)
-        mujoco.mj_forward(self.model, self.data)
 
 
 _TASK_CLASSES = {"dm_control": _DMControlTask, "gymnasium": _GymnasiumTask, "myosuite": _MyoSuiteTask}

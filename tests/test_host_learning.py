@@ -1,8 +1,6 @@
 """FlowRL learns on a host backend: Gymnasium's InvertedPendulum-v4, whose episodes end when the pole falls, so the
 terminal mask and the resets on the host both matter."""
 
-import dataclasses
-
 import numpy as np
 
 import flowrl_jax as flowrl
