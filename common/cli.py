@@ -370,8 +370,7 @@ def main(algo: str, config_class: type, make_agent: MakeAlgorithm, policy_file: 
     (`policy_file` says how the algorithm exports and reads its policy)."""
     # Joining the other processes first: jax.distributed installs a SIGTERM handler of its own (its preemption
     # notifier), which the watcher then replaces, so that a signal to any process stops all of them at one chunk.
-    processes.initialize()  # before anything asks JAX for its devices
-    stopping.install()
+    stopping.install(peers=processes.initialize())  # joining them before anything asks JAX for its devices
     flags = parse_args(script_args(config_class), make_agent)
     if flags.play:
         if policy_file is None:

@@ -9,6 +9,8 @@ number to a pipe (`signal.set_wakeup_fd`) that a watcher thread reads at once:
   training loop sees `requested` after its chunk, saves and exits with 128 + the signal number;
 - a second signal: exit at once. The last good checkpoint and every metrics row written so far stay (rows are
   flushed as they are written; checkpoints are written atomically).
+A process of a run of several processes (`peers`) never leaves alone on a first signal, since that would take the
+others down: it stops with them after the next chunk, with a checkpoint, even where nothing was new to save.
 """
 
 import os
@@ -22,7 +24,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class StopWatcher:
     """Installed once per process, before anything slow; the training loop tells it what a stop would lose."""
 
-    def __init__(self):
+    def __init__(self, peers: bool = False):
+        self.peers = peers                 # other processes share the run (common.processes)
         self.requested: int | None = None  # the first signal's number, once one arrived with work to save
         self.unsaved = False               # a chunk finished since the last checkpoint
         self.chunk_seconds: float | None = None
@@ -43,13 +46,16 @@ class StopWatcher:
     def _answer(self, signum: signal.Signals) -> None:
         if self.requested is not None:
             self._exit(signum, f"{signum.name} again: stopping now; last good checkpoint: {self.last_checkpoint}")
-        if not self.unsaved:
+        if not self.unsaved and not self.peers:
             where = f"the last checkpoint ({self.last_checkpoint})" if self.last_checkpoint else "the start"
             self._exit(signum, f"{signum.name}: nothing new to save since {where}; exiting")
         self.requested = signum
-        duration = f"about {self.chunk_seconds:.0f} s" if self.chunk_seconds else "its length"
-        print(f"\n{signum.name}: finishing the current chunk ({duration}), then writing a checkpoint and exiting with "
-              f"{128 + signum}; send it again to stop at once", file=sys.stderr, flush=True)
+        if self.chunk_seconds is None:
+            wait = "the first chunk (after compiling; the run's other processes stop with this one)"
+        else:
+            wait = f"the current chunk (about {self.chunk_seconds:.0f} s)"
+        print(f"\n{signum.name}: finishing {wait}, then writing a checkpoint and exiting with {128 + signum}; send it "
+              f"again to stop at once", file=sys.stderr, flush=True)
 
     @staticmethod
     def _exit(signum: signal.Signals, message: str) -> None:
@@ -79,11 +85,12 @@ class _NoWatcher:
 _watcher: StopWatcher | None = None
 
 
-def install() -> StopWatcher:
-    """The process's watcher, installed once, from the main thread, before anything slow."""
+def install(peers: bool = False) -> StopWatcher:
+    """The process's watcher, installed once, from the main thread, before anything slow; `peers`: other processes
+    share the run."""
     global _watcher
     if _watcher is None:
-        _watcher = StopWatcher()
+        _watcher = StopWatcher(peers)
     return _watcher
 
 

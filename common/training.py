@@ -270,19 +270,23 @@ def split_leaves(template: TrainState, agent: Algorithm, mode: str):
 def placed(trainer: Trainer, placement: devices.Placement, template: TrainState) -> Trainer:
     """The trainer (over_seeds') with the train state laid out over the placement's devices: init, chunk and
     evaluate are compiled with that layout in and out (metrics and returns replicated, so every process reads
-    them), and XLA partitions each program. One device: the trainer unchanged."""
+    them), and XLA partitions each program; with several processes, a program's first run waits until every
+    process has compiled it (common.processes). One device: the trainer unchanged."""
     if placement.mesh is None:
         return trainer
     shardings = placement.state_shardings(split_leaves(template, trainer.agent, placement.mode))
     replicated = placement.replicated
 
+    def compiled(function, **layout):
+        return processes.compiled_everywhere(jax.jit(function, **layout))
+
     def returning_replicated(evaluate):
-        return None if evaluate is None else jax.jit(evaluate, out_shardings=replicated)
+        return None if evaluate is None else compiled(evaluate, out_shardings=replicated)
 
     return trainer._replace(
-        init=jax.jit(trainer.init, out_shardings=shardings),
-        chunk=jax.jit(trainer.chunk, in_shardings=(shardings,), out_shardings=(shardings, replicated),
-                      donate_argnums=0),
+        init=compiled(trainer.init, out_shardings=shardings),
+        chunk=compiled(trainer.chunk, in_shardings=(shardings,), out_shardings=(shardings, replicated),
+                       donate_argnums=0),
         evaluate=returning_replicated(trainer.evaluate), evaluate_recorded=returning_replicated(
             trainer.evaluate_recorded), state_shardings=shardings)
 
@@ -596,6 +600,7 @@ def train(trainer: Trainer, args: RunArgs, algo: str, env: VectorEnv, resumed: R
                 if policy_fields and main:
                     policy_export.save(checkpoints.directory, step, learner, trainer.agent, env, policy_fields,
                                        config, several_seeds=args.num_seeds > 1)
+                processes.barrier("the checkpoint is written")  # the others wait for process 0 here, not in gloo
             if stopping_now and not stop.requested:
                 print(f"\nstopped with the run's other processes at env step {step}", file=sys.stderr, flush=True)
                 raise SystemExit(128 + signal.SIGTERM)

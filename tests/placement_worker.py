@@ -33,7 +33,22 @@ def train(args, placed_on: list):
     for _ in range(CHUNKS):
         state, metrics = trainer.chunk(state)
     returns = trainer.evaluate(state, eval_keys, True)
-    return state, metrics, returns
+    return state, metrics, returns, trainer
+
+
+def nan_check_after_poisoning_the_last_seed(trainer, state) -> str:
+    """One more chunk after a NaN is planted in the last seed's actor (on the last device): what the run's NaN
+    check says."""
+    def poisoned(leaf):
+        return jax.device_put(leaf.at[-1].set(np.nan), leaf.sharding)
+
+    state = state.replace(learner=state.learner.replace(actor=jax.tree.map(poisoned, state.learner.actor)))
+    _, metrics = trainer.chunk(state)
+    try:
+        training.check_finite({name: np.asarray(values) for name, values in metrics.items()}, 48, [1, 2, 3, 4])
+    except FloatingPointError as error:
+        return str(error)
+    return ""
 
 
 def max_difference(a, b) -> float:
@@ -53,19 +68,20 @@ def main() -> None:
     findings = {}
 
     seeds = dataclasses.replace(DDPG_ARGS, num_seeds=4, devices=4, buffer_size=256)
-    split, split_metrics, split_returns = train(seeds, four)
-    whole, whole_metrics, whole_returns = train(seeds, one)
+    split, split_metrics, split_returns, split_trainer = train(seeds, four)
+    whole, whole_metrics, whole_returns, _ = train(seeds, one)
     findings["seeds"] = dict(state=max_difference(split, whole), metrics=max_difference(split_metrics, whole_metrics),
                              returns=max_difference(split_returns, whole_returns),
                              replay_devices=devices_holding(split.buffer.data["obs"]),
                              replay_shard_shape=list(split.buffer.data["obs"].addressable_shards[0].data.shape),
                              params_devices=devices_holding(jax.tree.leaves(split.learner.actor)[0]),
                              seeds_differ=bool(np.any(np.asarray(jax.tree.leaves(split.learner.actor)[0])[0]
-                                                      != np.asarray(jax.tree.leaves(split.learner.actor)[0])[1])))
+                                                      != np.asarray(jax.tree.leaves(split.learner.actor)[0])[1])),
+                             nan_check=nan_check_after_poisoning_the_last_seed(split_trainer, split))
 
     data = dataclasses.replace(DDPG_ARGS, devices=4, data_parallel=True, num_envs=8, batch_size=16, buffer_size=256)
-    split, split_metrics, _ = train(data, four)
-    whole, whole_metrics, _ = train(data, one)
+    split, split_metrics, _, _ = train(data, four)
+    whole, whole_metrics, _, _ = train(data, one)
     devices.check_replicas(split.learner, "data parallel")  # raises if the copies differ
     actor = jax.tree.leaves(split.learner.actor)[0]
     copies = [shard.data for shard in actor.addressable_shards]
