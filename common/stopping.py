@@ -26,7 +26,7 @@ class StopWatcher:
 
     def __init__(self, peers: bool = False):
         self.peers = peers                 # other processes share the run (common.processes)
-        self.requested: int | None = None  # the first signal's number, once one arrived with work to save
+        self.requested: int | None = None  # the first signal's number, once it is answered after a chunk
         self.unsaved = False               # a chunk finished since the last checkpoint
         self.chunk_seconds: float | None = None
         self.last_checkpoint = None
