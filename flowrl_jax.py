@@ -254,6 +254,7 @@ class FlowRL(NamedTuple):
     policy_metric_names: the metrics only those updates compute (zeros on the others)
     lockstep_fields: the state's step counter, equal across seeds trained together
     recent_share: (recent_fraction, recent_window), how the reference draws each batch from the replay
+    progress_metric: the metric the progress bar shows
     """
 
     config: FlowRLConfig
@@ -265,6 +266,7 @@ class FlowRL(NamedTuple):
     policy_metric_names: tuple[str, ...]
     lockstep_fields: tuple[str, ...]
     recent_share: tuple[float, int]
+    progress_metric: str = "critic_loss"
 
 
 POLICY_METRIC_NAMES = ("policy_loss", "q_policy", "cfm_error", "weight_mean", "weight_min", "weight_max")
@@ -372,7 +374,9 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
             return policy, policy_opt, q_target, q_beta_target, metrics
 
         def unchanged(_):
-            metrics = {name: jnp.float32(0.0) for name in POLICY_METRIC_NAMES}
+            # Zeros shaped and typed as the policy step's metrics, so that both branches agree in any precision.
+            metric_shapes = jax.eval_shape(policy_and_targets, None)[-1]
+            metrics = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), metric_shapes)
             return state.policy, state.policy_opt, state.q_target, state.q_beta_target, metrics
 
         policy, policy_opt, q_target, q_beta_target, policy_metrics = jax.lax.cond(
@@ -441,9 +445,12 @@ def load_policy(path) -> tuple[FlowRL, FlowRLState, dict]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line: `python flowrl_jax.py --env humanoid-walk`, `--help` for every flag
 # ----------------------------------------------------------------------------------------------------------------------
+HARNESS_CONFIG = FlowRLConfig  # its fields are this script's hyperparameter flags (the other scripts name them)
+
+
 def main() -> None:
-    from common import cli  # the harness, imported here so that the algorithm above needs nothing of ours
-    from common.policy_export import PolicyFile
+    from common.run import cli  # the harness, imported here so that the algorithm above needs nothing of ours
+    from common.run.policy_export import PolicyFile
 
     cli.main("flowrl", FlowRLConfig, make_flowrl, PolicyFile(POLICY_FIELDS, load_policy))
 

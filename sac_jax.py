@@ -257,6 +257,7 @@ class SAC(NamedTuple):
     policy_metric_names: none (every metric is computed on every update)
     lockstep_fields: the state's step counter, equal across seeds trained together
     recent_share: None, batches are drawn uniformly over the replay
+    progress_metric: the metric the progress bar shows
     """
 
     config: SACConfig
@@ -268,6 +269,7 @@ class SAC(NamedTuple):
     policy_metric_names: tuple[str, ...] = ()
     lockstep_fields: tuple[str, ...] = ("updates",)
     recent_share: tuple[float, int] | None = None
+    progress_metric: str = "critic_loss"
 
 
 def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
@@ -402,9 +404,12 @@ def load_policy(path) -> tuple[SAC, SACState, dict]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line: `python sac_jax.py --env humanoid-walk`, `--help` for every flag
 # ----------------------------------------------------------------------------------------------------------------------
+HARNESS_CONFIG = SACConfig  # its fields are this script's hyperparameter flags (the other scripts name them)
+
+
 def main() -> None:
-    from common import cli  # the harness, imported here so that the algorithm above needs nothing of ours
-    from common.policy_export import PolicyFile
+    from common.run import cli  # the harness, imported here so that the algorithm above needs nothing of ours
+    from common.run.policy_export import PolicyFile
 
     cli.main("sac", SACConfig, make_sac, PolicyFile(POLICY_FIELDS, load_policy))
 

@@ -2,8 +2,10 @@
 
 import flowrl_jax
 import sac_jax
-from common import cli, training
-from common.envs import BatchedEnv
+from common.core.trainer import Trainer
+from common.run import cli, training
+from common.envs.playground import BatchedEnv
+from common.run.args import resolve
 
 ALGORITHMS = {"flowrl": (flowrl_jax.FlowRLConfig, flowrl_jax.make_flowrl), "sac": (sac_jax.SACConfig, sac_jax.make_sac)}
 
@@ -13,5 +15,5 @@ def script_args(algo: str) -> type:
     return cli.script_args(ALGORITHMS[algo][0])
 
 
-def make_trainer(algo: str, run_args, env: BatchedEnv, eval_env: BatchedEnv) -> training.Trainer:
-    return training.make_trainer(*run_args.split(), ALGORITHMS[algo][1], env, eval_env)
+def make_trainer(algo: str, run_args, env: BatchedEnv, eval_env: BatchedEnv) -> Trainer:
+    return training.build_trainer(resolve(run_args), ALGORITHMS[algo][1], env, eval_env)

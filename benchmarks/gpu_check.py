@@ -36,6 +36,7 @@ import jax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.timing import best_seconds  # noqa: E402
+from common.envs.tasks import resolve_task
 
 SCRIPTS = {"flowrl": "flowrl_jax.py", "sac": "sac_jax.py"}
 DISTRIBUTIONS = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "optax", "chex", "numpy",
@@ -109,10 +110,10 @@ def versions() -> None:
 def bare_env_rate(env: str, num_envs: int, steps: int, repeats: int, out: str) -> None:
     """env-steps/s of E envs alone: `steps` steps with uniform random actions per compiled call, best of `repeats`
     calls (0: compile only)."""
-    from common.envs import BatchedEnv
+    from common.envs.playground import BatchedEnv
 
     clock = CompileClock()
-    batched = BatchedEnv(env, num_envs)
+    batched = BatchedEnv(resolve_task(env), num_envs)
     low, high = batched.action_low, batched.action_high
 
     def run(state, key):

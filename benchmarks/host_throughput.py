@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import algorithms  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
 from benchmarks.throughput import Args as ThroughputArgs, algorithm_args  # noqa: E402
-from common.host_envs import HostBatchedEnv  # noqa: E402
-from common.tasks import resolve_task  # noqa: E402
+from common.envs import host  # noqa: E402
+from common.envs.host import HostBatchedEnv  # noqa: E402
+from common.envs.tasks import resolve_task  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -67,6 +68,25 @@ def bare_rate(task, num_envs: int, steps: int, threads: int) -> float:
     return iterations * num_envs / (time.perf_counter() - start)
 
 
+HOST_STEP_SECONDS = [0.0]  # wall time of the host env steps since it was last set to 0 (see time_host_steps)
+
+
+def time_host_steps() -> None:
+    """Count the wall time of every host env step (the host's share of a chunk) in HOST_STEP_SECONDS. An env's
+    callback binds its pool's `step` when the env is built, so this wraps the class's method, once, before any env
+    is built."""
+    step = host._Pool.step
+
+    def timed(pool, *args):
+        start = time.perf_counter()
+        try:
+            return step(pool, *args)
+        finally:
+            HOST_STEP_SECONDS[0] += time.perf_counter() - start
+
+    host._Pool.step = timed
+
+
 def measure(args: Args, task, num_envs: int) -> dict:
     iterations = max(1, -(-max(args.timed_steps, args.batch_size) // num_envs))
     throughput_args = ThroughputArgs(algo=args.algo, env=task.name, updates_per_iteration=args.updates_per_iteration,
@@ -78,11 +98,11 @@ def measure(args: Args, task, num_envs: int) -> dict:
     state, _ = jax.block_until_ready(trainer.chunk(state))  # compiles, and fills the buffer past one batch
     seconds, host_seconds = [], []
     for _ in range(args.repeats):
-        env.pool.step_seconds = 0.0
+        HOST_STEP_SECONDS[0] = 0.0
         start = time.perf_counter()
         state, _ = jax.block_until_ready(trainer.chunk(state))
         seconds.append(time.perf_counter() - start)
-        host_seconds.append(env.pool.step_seconds)
+        host_seconds.append(HOST_STEP_SECONDS[0])
     best = int(np.argmin(seconds))
     return dict(
         algo=args.algo, env=task.name, backend=task.backend, num_envs=num_envs,
@@ -101,6 +121,7 @@ def main() -> None:
     task = resolve_task(args.env, args.backend)
     if task.backend == "playground":  # a host benchmark: the original task, not Playground's port of it
         task = resolve_task(args.env, "dm_control")
+    time_host_steps()
     for num_envs in args.num_envs:
         append_row(args.out, measure(args, task, num_envs))
 

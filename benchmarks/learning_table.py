@@ -15,7 +15,7 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.plotting import plot_learning_curves, read_eval_csv  # noqa: E402
+from common.run.plotting import plot_learning_curves, read_eval_csv  # noqa: E402
 
 
 @dataclasses.dataclass

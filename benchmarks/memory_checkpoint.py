@@ -18,8 +18,9 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import algorithms  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
-from common import checkpoint  # noqa: E402
-from common.envs import BatchedEnv  # noqa: E402
+from common.run import checkpoint  # noqa: E402
+from common.envs.playground import BatchedEnv  # noqa: E402
+from common.envs.tasks import resolve_task
 
 
 @dataclasses.dataclass
@@ -37,8 +38,8 @@ class Args:
 def main() -> None:
     args = tyro.cli(Args)
     run_args = dataclasses.replace(algorithms.script_args(args.algo)(), env=args.env)  # the script's defaults
-    env = BatchedEnv(run_args.env, run_args.num_envs)
-    trainer = algorithms.make_trainer(args.algo, run_args, env, BatchedEnv(run_args.env, run_args.eval_episodes))
+    env = BatchedEnv(resolve_task(run_args.env), run_args.num_envs)
+    trainer = algorithms.make_trainer(args.algo, run_args, env, BatchedEnv(resolve_task(run_args.env), run_args.eval_episodes))
     state = trainer.init(jax.random.key(0))
     for _ in range(args.chunks):
         state, _ = jax.block_until_ready(trainer.chunk(state))
@@ -50,7 +51,7 @@ def main() -> None:
         save_seconds = time.perf_counter() - start
         size = path.stat().st_size
         start = time.perf_counter()
-        jax.block_until_ready(checkpoint.load(path, template)[0])
+        jax.block_until_ready(checkpoint.to_state(checkpoint.read(path), template))
         load_seconds = time.perf_counter() - start
 
     stats = jax.devices()[0].memory_stats() or {}  # None on CPU: host RSS is the device memory there

@@ -22,7 +22,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import flowrl_jax  # noqa: E402
-from common import checkpoint  # noqa: E402
+from common.run import checkpoint  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -41,7 +41,7 @@ def global_norm(tree) -> jax.Array:
 
 def one_seed(stored: np.ndarray, ndim: int, seed_index: int) -> np.ndarray:
     """Seed `seed_index`'s part of a stored leaf: a run of several seeds stacks them on a leading axis, except on its
-    step counters (see common.training.seed_axes); a single-seed run has no such axis."""
+    step counters (see common.core.layout); a single-seed run has no such axis."""
     return stored[seed_index] if stored.ndim > ndim else stored
 
 

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.record import append_row, provenance  # noqa: E402
 from common.checks import require_positive  # noqa: E402
-from common.tasks import resolve_task  # noqa: E402
-from common.plotting import read_eval_csv  # noqa: E402
+from common.envs.tasks import resolve_task  # noqa: E402
+from common.run.plotting import read_eval_csv  # noqa: E402
 
 Algo = Literal["flowrl", "sac"]
 
@@ -46,10 +46,10 @@ class Suite:
     flags: tuple[str, ...] = ()             # passed to every training run
     algo_flags: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     evaluations: int = 10                   # evaluations per run, evenly spaced (the last at the end)
-    backend: str = "auto"                   # --backend of every run (see common/tasks.py)
+    backend: str = "auto"                   # --backend of every run (see common/envs/tasks.py)
 
 
-PAPER_MODE = ("--num-envs", "1", "--updates-per-iteration", "1", "--batch-size", "256")
+PAPER = ("--preset", "paper")  # the reference code's protocol (common/run/presets.py)
 REFERENCE_FLOWRL = ("--target-rate", "0.95")  # the one hyperparameter whose default is not the reference's
 
 SUITES = {
@@ -88,27 +88,26 @@ SUITES = {
                                             "walker-stand", "cheetah-run", "hopper-hop")},
         num_seeds=5,
     ),
-    # The FlowRL paper's own tasks on the original DM Control suite (CPU MuJoCo, stepped on the host), in paper mode:
-    # the reference hyperparameters, one env, one update per env step, batch 256, an evaluation every 10 k steps.
-    # 1 M steps, the lower end of the reference's 1-2 M.
+    # The FlowRL paper's own tasks on the original DM Control suite (CPU MuJoCo, stepped on the host), with the
+    # reference code's protocol (`--preset paper`). 1 M steps, the lower end of the reference's 1-2 M.
     "dmc-paper": Suite(
         tasks={task: 1_000_000 for task in ("dog-run", "dog-trot", "dog-stand", "dog-walk", "humanoid-walk",
                                             "humanoid-run", "humanoid-stand", "walker-run", "walker-stand",
                                             "quadruped-walk")},
-        num_seeds=5, flags=PAPER_MODE, algo_flags={"flowrl": REFERENCE_FLOWRL}, evaluations=100, backend="dm_control",
+        num_seeds=5, flags=PAPER, evaluations=100, backend="dm_control",
     ),
-    # The Gymnasium MuJoCo v4 tasks that third-party tables quote FlowRL on, in paper mode, 1 M steps.
+    # The Gymnasium MuJoCo v4 tasks that third-party tables quote FlowRL on, with the reference's protocol, 1 M steps.
     "gym": Suite(
         tasks={task: 1_000_000 for task in ("Ant-v4", "HalfCheetah-v4", "Walker2d-v4", "Swimmer-v4", "Hopper-v4",
                                             "Humanoid-v4")},
-        num_seeds=5, flags=PAPER_MODE, algo_flags={"flowrl": REFERENCE_FLOWRL}, evaluations=100, backend="gymnasium",
+        num_seeds=5, flags=PAPER, evaluations=100, backend="gymnasium",
     ),
     # MyoSuite's hard ("Random") hand tasks that FlowRL, SimbaV2, BRO and TD-MPC2 publish success rates on, at their
-    # 1 M steps, in paper mode; scored by success rate (docs/myosuite.md, which also estimates its time).
+    # 1 M steps, with the reference's protocol; scored by success rate (docs/myosuite.md, which also estimates its time).
     "myo": Suite(
         tasks={task: 1_000_000 for task in ("myoHandReachRandom-v0", "myoHandPoseRandom-v0", "myoHandPenTwirlRandom-v0",
                                             "myoHandObjHoldRandom-v0", "myoHandKeyTurnRandom-v0")},
-        num_seeds=5, flags=PAPER_MODE, algo_flags={"flowrl": REFERENCE_FLOWRL}, evaluations=100, backend="myosuite",
+        num_seeds=5, flags=PAPER, evaluations=100, backend="myosuite",
     ),
 }
 

@@ -24,7 +24,7 @@ import tyro
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import checkpoint  # noqa: E402
+from common.run import checkpoint  # noqa: E402
 
 TIMING = {"env_steps_per_s", "updates_per_s"}
 
@@ -63,7 +63,7 @@ def table(path: Path) -> list[dict]:
 
 
 def final_leaves(run_dir: Path) -> dict:
-    return checkpoint.read_leaves(checkpoint.list_checkpoints(run_dir / "checkpoints")[-1])
+    return checkpoint.read_by_path(checkpoint.list_checkpoints(run_dir / "checkpoints")[-1])[0]
 
 
 def compare(full: Path, interrupted: Path) -> list[str]:

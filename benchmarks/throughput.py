@@ -14,7 +14,7 @@ more envs come almost free (the updates dominate); above it, env-steps/s grows e
     python benchmarks/throughput.py --algo flowrl --env humanoid-walk --num-envs 1 4 16 64 256 \
         --out benchmarks/results/scaling_cpu.csv --plot benchmarks/results/scaling_cpu.png
 
-With --devices, each E is measured on each device count D, the train state split as `--split` says (common.devices):
+With --devices, each E is measured on each device count D, the train state split as `--split` says (common.core.devices):
 `data` splits the E envs, the replay and each batch over D devices; `seeds` trains D seeds, one per device (the
 env-steps/s then count every seed's). D = 1 is the unsplit program. On forced CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=N) the devices share the same cores, so the rows measure only
@@ -38,9 +38,9 @@ from benchmarks import algorithms  # noqa: E402
 from benchmarks.flops import CPU_PEAK_GFLOPS, matmul_flops  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
 from benchmarks.timing import best_seconds  # noqa: E402
-from common import training  # noqa: E402
-from common.devices import Placement  # noqa: E402
-from common.envs import BatchedEnv  # noqa: E402
+from common.envs.playground import BatchedEnv  # noqa: E402
+from common.envs.tasks import resolve_task  # noqa: E402
+from common.run.args import resolve  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -92,11 +92,11 @@ def algorithm_args(args: Args, num_envs: int, iterations: int, devices: int = 1)
 def measure(args: Args, num_envs: int, devices: int = 1) -> dict:
     iterations = max(1, -(-max(args.timed_steps, args.batch_size) // num_envs))
     run_args = algorithm_args(args, num_envs, iterations, devices)
-    env = BatchedEnv(args.env, num_envs)
-    unsplit = algorithms.make_trainer(args.algo, run_args, env, BatchedEnv(args.env, 1))
-    trainer = training.over_seeds(unsplit, run_args.num_seeds)
-    init_keys = training.seed_keys(0, run_args.num_seeds)[0]
-    trainer = training.placed(trainer, Placement.of(run_args), jax.eval_shape(trainer.init, init_keys))
+    env = BatchedEnv(resolve_task(args.env), num_envs)
+    layout = resolve(run_args).layout
+    trainer = layout.over_seeds(algorithms.make_trainer(args.algo, run_args, env, BatchedEnv(resolve_task(args.env), 1)))
+    init_keys = layout.seed_keys(0)[0]
+    trainer = layout.placed(trainer, jax.eval_shape(trainer.init, init_keys))
     state = trainer.init(init_keys)
     start = time.perf_counter()
     state, _ = jax.block_until_ready(trainer.chunk(state))  # compiles, and fills the buffer past one batch

@@ -4,7 +4,7 @@
 
 For each task, one eval env runs an untrained FlowRL policy (hidden 32) through the plain and the recording
 evaluator (each compiled first, untimed), then the filmed episode is rendered and encoded as the train loop does
-(common.video). One CSV row per task, with the device, the date, the commit and the command.
+(common.run.video). One CSV row per task, with the device, the date, the commit and the command.
 """
 
 import argparse
@@ -24,8 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import flowrl_jax as flowrl  # noqa: E402
-from common import training, video  # noqa: E402
-from common.cli import parse_video_size  # noqa: E402
+from common.run import video  # noqa: E402
+from common.run.args import parse_video_size  # noqa: E402
+from common.core.trainer import make_policy_evaluator  # noqa: E402
+from common.envs.make import make_env  # noqa: E402
+from common.envs.tasks import resolve_task  # noqa: E402
 
 TASKS = [("cartpole-balance", "playground"), ("cartpole-balance", "dm_control"), ("HalfCheetah-v4", "gymnasium")]
 
@@ -37,11 +40,11 @@ def seconds(fn):
 
 
 def measure(name: str, backend: str, width: int, height: int, out_dir: Path) -> dict:
-    env = training.make_env(name, backend, 1)
+    env = make_env(resolve_task(name, backend), 1)
     agent = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=32), env.obs_size, env.action_size)
     learner, key = agent.init(jax.random.key(0)), jax.random.key(1)
-    plain = training.make_policy_evaluator(agent, env)
-    recorded = training.make_policy_evaluator(agent, env, record=True)
+    plain = make_policy_evaluator(agent, env)
+    recorded = make_policy_evaluator(agent, env, record=True)
 
     def recorded_one_seed(learner, key, deterministic):
         return jax.tree.map(lambda x: x[None], recorded(learner, key, deterministic))

@@ -1,17 +1,33 @@
-"""Test-session setup: a persistent XLA compilation cache shared by the in-process tests and their subprocesses.
+"""Test-session setup: one persistent XLA compilation cache for the whole suite run, shared by the pytest workers,
+the in-process tests and every subprocess they start.
 
-Compiling an MJX env step costs tens of seconds on a 2-core CPU; the cache lets a subprocess that builds the same
-program as an earlier test (the env reset, the evaluator) load it instead of compiling it again.
+Most of the suite's time is XLA compilation. With the cache, a program that one test compiled (an MJX env step, a
+chunk, an evaluator) is loaded by every later test and subprocess that builds the same program, instead of being
+compiled again. The directory is made for this run and removed at its end (a cache of another checkout's programs
+would only grow), unless JAX_COMPILATION_CACHE_DIR names one already. A test that needs a cold compile makes its own
+(tests/test_interrupt.py).
 """
 
 import os
+import shutil
 import tempfile
 
 import jax
 
 # As common/__init__.py does, before any test module imports MuJoCo (which fixes its GL backend on import).
 os.environ.setdefault("MUJOCO_GL", "egl")
-CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "flowrl-jax-xla-cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+# Imported by the xdist controller before it starts the workers, which inherit the variables, as subprocesses do.
+OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="flowrl-jax-xla-cache-")
+CACHE_DIR = os.environ["JAX_COMPILATION_CACHE_DIR"]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if OWN_CACHE and not hasattr(config, "workerinput"):  # the controller (or a run without workers) made it
+        shutil.rmtree(CACHE_DIR, ignore_errors=True)

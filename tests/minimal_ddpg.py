@@ -1,4 +1,4 @@
-"""A minimal DDPG (Lillicrap et al., 2016), written against common.contract alone: the proof that a third algorithm
+"""A minimal DDPG (Lillicrap et al., 2016), written against common.core.contract alone: the proof that a third algorithm
 plugs into the harness without reading it. Like the two real algorithm files it imports only pip packages; nothing
 in common/ names it."""
 
@@ -63,6 +63,7 @@ class DDPG(NamedTuple):
     policy_metric_names: tuple[str, ...] = ()
     lockstep_fields: tuple[str, ...] = ("updates",)
     recent_share: tuple[float, int] | None = None
+    progress_metric: str | None = None
 
 
 def make_ddpg(config: DDPGConfig, obs_size: int, action_size: int) -> DDPG:
@@ -117,6 +118,6 @@ def make_ddpg(config: DDPGConfig, obs_size: int, action_size: int) -> DDPG:
 
 
 if __name__ == "__main__":
-    from common import cli
+    from common.run import cli
 
     cli.main("ddpg", DDPGConfig, make_ddpg)

@@ -8,8 +8,13 @@ import json
 import jax
 import numpy as np
 
-from common import devices, training
-from common.envs import BatchedEnv
+from common.core import devices
+from common.run import training
+from common.envs.playground import BatchedEnv
+from common.run.args import resolve
+from common.core.layout import Layout
+from common.envs.tasks import resolve_task
+from common.run import callbacks
 from tests import minimal_ddpg as ddpg
 from tests.test_contract import DDPG_ARGS
 
@@ -19,11 +24,12 @@ CHUNKS = 5  # 40 env steps: updates from step 16 on, so the networks, optimisers
 def trainer_on(args, placed_on: list):
     """The harness's trainer for `args`, with its train state laid out over `placed_on` (fewer devices than the
     placement names: the same program's layout, unsplit)."""
-    env = BatchedEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    eval_env = BatchedEnv(args.env, args.eval_episodes, episode_length=args.episode_length)
-    trainer = training.over_seeds(training.make_trainer(*args.split(), ddpg.make_ddpg, env, eval_env), args.num_seeds)
-    init_keys, eval_keys = training.seed_keys(args.seed, args.num_seeds)
-    trainer = training.placed(trainer, devices.Placement.of(args, placed_on), jax.eval_shape(trainer.init, init_keys))
+    env = BatchedEnv(resolve_task(args.env), args.num_envs, episode_length=args.episode_length)
+    eval_env = BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=args.episode_length)
+    layout = Layout.of(args.num_seeds, args.devices, args.data_parallel, devices=placed_on)
+    trainer = layout.over_seeds(training.build_trainer(resolve(args), ddpg.make_ddpg, env, eval_env))
+    init_keys, eval_keys = layout.seed_keys(args.seed)
+    trainer = layout.placed(trainer, jax.eval_shape(trainer.init, init_keys))
     return trainer, init_keys, eval_keys
 
 
@@ -45,7 +51,7 @@ def nan_check_after_poisoning_the_last_seed(trainer, state) -> str:
     state = state.replace(learner=state.learner.replace(actor=jax.tree.map(poisoned, state.learner.actor)))
     _, metrics = trainer.chunk(state)
     try:
-        training.check_finite({name: np.asarray(values) for name, values in metrics.items()}, 48, [1, 2, 3, 4])
+        callbacks.check_finite({name: np.asarray(values) for name, values in metrics.items()}, 48, [1, 2, 3, 4])
     except FloatingPointError as error:
         return str(error)
     return ""

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import buffer as replay
+from common.core import replay
 
 
 def filled(capacity: int, count: int, batch: int = 1):

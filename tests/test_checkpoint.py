@@ -18,17 +18,18 @@ import optax
 import pytest
 from flax import serialization, struct
 
-from common import checkpoint
-from common.checkpoint import CheckpointError
+from common.run import checkpoint
+from common.run.checkpoint import CheckpointError
+from tests.checkpoints import checkpoint_leaves, load_checkpoint
 
 
-class Buffer(struct.PyTreeNode):  # like common.buffer.ReplayBuffer
+class Buffer(struct.PyTreeNode):  # like common.core.replay.ReplayBuffer
     data: dict
     position: jax.Array
     size: jax.Array
 
 
-class Env(struct.PyTreeNode):  # like common.envs.EnvState, with a static field as mjx Data has
+class Env(struct.PyTreeNode):  # like common.envs.playground.EnvState, with a static field as mjx Data has
     physics: dict
     rng: jax.Array
     num_envs: int = struct.field(pytree_node=False, default=4)
@@ -84,7 +85,7 @@ def test_round_trip_is_bit_exact_with_typed_keys_and_metadata(tmp_path):
     path = checkpoint.save(tmp_path, 42, state, metadata, keep=3)
     assert path == tmp_path / "checkpoint_000000000042.msgpack"
 
-    loaded, loaded_metadata = checkpoint.load(path, template())
+    loaded, loaded_metadata = load_checkpoint(path, template())
     assert loaded_metadata == {**metadata, "step": 42}
     assert jax.tree.structure(loaded) == jax.tree.structure(state)
     for (key_path, want), got in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(loaded)):
@@ -98,7 +99,7 @@ def test_round_trip_is_bit_exact_with_typed_keys_and_metadata(tmp_path):
 
 
 def test_load_accepts_a_concrete_state_as_template(tmp_path):
-    loaded, _ = checkpoint.load(good_checkpoint(tmp_path), make_state())
+    loaded, _ = load_checkpoint(good_checkpoint(tmp_path), make_state())
     assert int(loaded["env_steps"]) == 1234
 
 
@@ -110,8 +111,8 @@ def test_the_file_is_exactly_flax_msgpack_of_plain_arrays_and_strings(tmp_path):
     assert isinstance(payload["header"], str) and isinstance(payload["sha256"], str)
     assert all(type(a) is np.ndarray and not a.dtype.hasobject for a in payload["leaves"].values())
     assert serialization.msgpack_serialize(payload, in_place=True) == raw  # written entry by entry, same bytes
-    assert checkpoint.read_leaves(path).keys() == payload["leaves"].keys()
-    for name, array in checkpoint.read_leaves(path).items():
+    assert checkpoint_leaves(path).keys() == payload["leaves"].keys()
+    for name, array in checkpoint_leaves(path).items():
         assert array.dtype == payload["leaves"][name].dtype and array.tobytes() == payload["leaves"][name].tobytes()
 
 
@@ -121,7 +122,7 @@ def test_arrays_above_flax_chunk_size_round_trip(tmp_path, monkeypatch):
     state = {**make_state(), "big": jnp.arange(7 * 3001, dtype=jnp.float32).reshape(7, 3001)}
     path = checkpoint.save(tmp_path, 1, state, {}, keep=1)
     assert b"__msgpack_chunked_array__" in path.read_bytes()
-    loaded, _ = checkpoint.load(path, jax.eval_shape(lambda: state))
+    loaded, _ = load_checkpoint(path, jax.eval_shape(lambda: state))
     assert np.asarray(loaded["big"]).tobytes() == np.asarray(state["big"]).tobytes()
 
 
@@ -146,7 +147,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoints_alone(tmp_path
     with pytest.raises(OSError, match="disk full"):
         checkpoint.save(tmp_path, 2, make_state(), {}, keep=1)
     assert list(tmp_path.iterdir()) == [first]
-    checkpoint.load(first, template())
+    load_checkpoint(first, template())
 
 
 def test_list_is_ordered_by_step_and_pruning_keeps_the_newest(tmp_path):
@@ -158,7 +159,7 @@ def test_list_is_ordered_by_step_and_pruning_keeps_the_newest(tmp_path):
         "checkpoint_000000000009.msgpack", "checkpoint_000000000010.msgpack", "checkpoint_000000000100.msgpack"]
 
     checkpoint.save(tmp_path, 200, make_state(), {}, keep=2)
-    assert [checkpoint.load(p, template())[1]["step"] for p in checkpoint.list_checkpoints(tmp_path)] == [100, 200]
+    assert [load_checkpoint(p, template())[1]["step"] for p in checkpoint.list_checkpoints(tmp_path)] == [100, 200]
 
 
 def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
@@ -178,14 +179,14 @@ def test_truncated_file_is_refused(tmp_path, fraction):
     size = path.stat().st_size
     path.write_bytes(path.read_bytes()[: int(size * fraction)])
     with pytest.raises(CheckpointError, match=r"checkpoint_000000000010\.msgpack: truncated"):
-        checkpoint.load(path, template())
+        load_checkpoint(path, template())
 
 
 def test_file_cut_inside_its_format_tag_is_truncated(tmp_path):
     path = good_checkpoint(tmp_path)
     path.write_bytes(path.read_bytes()[:10])
     with pytest.raises(CheckpointError, match=r"checkpoint_000000000010\.msgpack: truncated \(10 bytes\)"):
-        checkpoint.load(path, template())
+        load_checkpoint(path, template())
 
 
 def test_flipped_byte_in_the_payload_is_refused(tmp_path):
@@ -193,7 +194,7 @@ def test_flipped_byte_in_the_payload_is_refused(tmp_path):
     path = checkpoint.save(tmp_path, 1, state, {}, keep=1)
     flip_byte(path, path.stat().st_size // 2)  # inside the big array's data
     with pytest.raises(CheckpointError, match=r"checkpoint_000000000001\.msgpack: checksum mismatch"):
-        checkpoint.load(path, jax.eval_shape(lambda: state))
+        load_checkpoint(path, jax.eval_shape(lambda: state))
 
 
 @pytest.mark.parametrize("bit", [0x01, 0x80])
@@ -205,15 +206,15 @@ def test_every_flipped_byte_is_refused_with_a_checkpoint_error(tmp_path, bit):
         flipped[offset] ^= bit
         path.write_bytes(bytes(flipped))
         with pytest.raises(CheckpointError):
-            checkpoint.load(path, like)
+            load_checkpoint(path, like)
 
 
 def test_altered_leaf_in_an_intact_file_fails_the_checksum(tmp_path):
     # Rewritten as valid msgpack, so only the stored SHA-256 can notice.
     path = good_checkpoint(tmp_path)
-    rewrite_leaf(path, checkpoint.read_leaves(path)["leaf_0"] + 1)
+    rewrite_leaf(path, checkpoint_leaves(path)["leaf_0"] + 1)
     with pytest.raises(CheckpointError, match="checksum mismatch"):
-        checkpoint.load(path, template())
+        load_checkpoint(path, template())
 
 
 @pytest.mark.parametrize("content", ["random bytes", "empty", "npz", "npy", "other msgpack", "msgpack list"])
@@ -234,7 +235,7 @@ def test_file_that_is_not_a_checkpoint_is_refused(tmp_path, content):
     else:
         path.write_bytes(serialization.msgpack_serialize([checkpoint.FORMAT, np.ones(3)]))
     with pytest.raises(CheckpointError, match=r"checkpoint_000000000010\.msgpack: not a checkpoint"):
-        checkpoint.load(path, template())
+        load_checkpoint(path, template())
 
 
 def test_map_with_the_format_tag_but_other_entries_is_refused(tmp_path):
@@ -242,7 +243,7 @@ def test_map_with_the_format_tag_but_other_entries_is_refused(tmp_path):
     path.write_bytes(serialization.msgpack_serialize(
         {"format": checkpoint.FORMAT, "header": "{}", "sha256": "0", "weights": np.ones(3)}, in_place=True))
     with pytest.raises(CheckpointError, match="not a checkpoint"):
-        checkpoint.load(path, template())
+        load_checkpoint(path, template())
 
 
 @pytest.mark.parametrize("leaf", [np.float32(2.0), 3, "text", {"a": np.ones(2)}])
@@ -250,13 +251,13 @@ def test_leaf_that_is_not_an_array_is_refused(tmp_path, leaf):
     path = good_checkpoint(tmp_path)
     rewrite_leaf(path, leaf)
     with pytest.raises(CheckpointError, match=r"damaged \(leaf_0 is a \w+, not an array\)"):
-        checkpoint.load(path, template())
+        load_checkpoint(path, template())
 
 
 def test_structure_mismatch_names_the_differing_leaves(tmp_path):
     path = good_checkpoint(tmp_path)
     with pytest.raises(CheckpointError) as error:
-        checkpoint.load(path, template(obs_size=5))
+        load_checkpoint(path, template(obs_size=5))
     message = str(error.value)
     assert "\n" not in message and path.name in message and "structure differs" in message
     assert "['buffer'].data['obs'] expected float32[8,5] found float32[8,3]" in message
@@ -267,7 +268,7 @@ def test_structure_mismatch_names_the_differing_leaves(tmp_path):
     other["extra"] = jax.ShapeDtypeStruct((2,), jnp.int32)
     del other["key"]
     with pytest.raises(CheckpointError) as error:
-        checkpoint.load(path, other)
+        load_checkpoint(path, other)
     message = str(error.value)
     assert "['env_steps'] expected float32[] found int32[]" in message
     assert "['extra'] expected int32[2] found absent" in message
@@ -279,7 +280,7 @@ def test_static_field_change_is_a_structure_mismatch(tmp_path):
     other = make_state()
     other["env"] = other["env"].replace(num_envs=8)
     with pytest.raises(CheckpointError, match="structure differs"):
-        checkpoint.load(path, jax.eval_shape(lambda: other))
+        load_checkpoint(path, jax.eval_shape(lambda: other))
 
 
 class Payload:
@@ -314,7 +315,7 @@ def test_a_payload_that_needs_code_to_restore_is_refused_without_running_it(tmp_
     assert pickled in path.read_bytes()
 
     with pytest.raises(CheckpointError, match=r"checkpoint_000000000010\.msgpack: damaged"):
-        checkpoint.load(path, template())
+        load_checkpoint(path, template())
     assert not marker.exists()
 
 
@@ -337,7 +338,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     for name in ["load", "loads", "Unpickler"]:
         monkeypatch.setattr(pickle, name, refuse)
     path = good_checkpoint(tmp_path)
-    checkpoint.load(path, template())
+    load_checkpoint(path, template())
     checkpoint.latest_valid(tmp_path, template())
 
 
@@ -405,7 +406,7 @@ def test_a_300_mb_state_round_trips(tmp_path):
     path, save_s, save_rss = peak_rss_during(lambda: checkpoint.save(tmp_path, 1, state, {}, keep=1))
     size = path.stat().st_size
     (loaded, _), load_s, load_rss = peak_rss_during(
-        lambda: jax.block_until_ready(checkpoint.load(path, jax.eval_shape(lambda: state))))
+        lambda: jax.block_until_ready(load_checkpoint(path, jax.eval_shape(lambda: state))))
     print(f"\nstate {state_bytes / 2**20:.1f} MiB (largest leaf {largest / 2**20:.1f} MiB), "
           f"file {size / 2**20:.1f} MiB (+{size - state_bytes} B), estimate {checkpoint.checkpoint_bytes(state)} B; "
           f"save {save_s:.2f} s, peak RSS +{save_rss / 2**20:.0f} MiB; "

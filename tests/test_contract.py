@@ -1,4 +1,4 @@
-"""The written contract (common.contract) is the whole interface: both algorithms and both env classes conform, and
+"""The written contract (common.core.contract) is the whole interface: both algorithms and both env classes conform, and
 a third algorithm written against it alone trains through the unchanged harness, checkpoints and resumes exactly."""
 
 import dataclasses
@@ -13,8 +13,12 @@ import pytest
 
 import flowrl_jax as flowrl
 import sac_jax as sac
-from common import checkpoint, cli, training
-from common.contract import Algorithm, VectorEnv
+from common.run import checkpoint, cli, training
+from common.core.contract import Algorithm, VectorEnv
+from common.run.args import resolve
+from common.run.args import RunArgs
+from common.envs.make import make_env
+from common.envs.tasks import resolve_task
 from tests import minimal_ddpg as ddpg
 from tests.test_resume import leaves, table
 
@@ -44,9 +48,9 @@ def test_each_algorithm_conforms_to_the_contract(config_class, make):
 def test_the_script_flags_split_into_run_flags_and_the_algorithm_config():
     flags = cli.script_args(flowrl.FlowRLConfig)(env="cheetah-run", hidden_dim=7, buffer_size=99)
     run_args, config = flags.split()
-    assert type(run_args) is cli.RunArgs and type(config) is flowrl.FlowRLConfig
+    assert type(run_args) is RunArgs and type(config) is flowrl.FlowRLConfig
     assert (run_args.env, run_args.buffer_size, config.hidden_dim) == ("cheetah-run", 99, 7)
-    run_fields = {f.name for f in dataclasses.fields(cli.RunArgs)}
+    run_fields = {f.name for f in dataclasses.fields(RunArgs)}
     for config_class, _ in ALGORITHMS:  # a shared name would be one flag with two meanings
         assert not run_fields & {f.name for f in dataclasses.fields(config_class)}
 
@@ -55,7 +59,7 @@ def test_both_env_classes_implement_the_env_interface():
     methods = {name: value for name, value in vars(VectorEnv).items()
                if inspect.isfunction(value) and not name.startswith("_")}
     assert set(methods) == {"reset", "step", "capture", "restore"}
-    envs = [training.make_env("cartpole-balance", "playground", 2), training.make_env("Ant-v4", "gymnasium", 2)]
+    envs = [make_env(resolve_task("cartpole-balance", "playground"), 2), make_env(resolve_task("Ant-v4", "gymnasium"), 2)]
     for env in envs:
         assert isinstance(env, VectorEnv), type(env).__name__  # every attribute and method is there
         for name, declared in methods.items():  # and the methods take the parameters the interface names
@@ -77,7 +81,7 @@ DDPG_ARGS = cli.script_args(ddpg.DDPGConfig)(
 
 
 def ddpg_run(root: Path, **changes) -> Path:
-    training.run(dataclasses.replace(DDPG_ARGS, run_root=str(root), **changes), ddpg.make_ddpg, "ddpg")
+    training.run(resolve(dataclasses.replace(DDPG_ARGS, run_root=str(root), **changes)), ddpg.make_ddpg, "ddpg")
     (run_dir,) = root.iterdir()
     return run_dir
 
@@ -91,7 +95,7 @@ def test_a_third_algorithm_trains_through_the_harness_and_resumes_exactly(tmp_pa
     assert len(table(full / "eval.csv")) == 2
 
     half = ddpg_run(tmp_path / "half", total_steps=24)
-    training.run(dataclasses.replace(DDPG_ARGS, run_root=str(tmp_path / "unused"), resume=str(half)), ddpg.make_ddpg,
+    training.run(resolve(dataclasses.replace(DDPG_ARGS, run_root=str(tmp_path / "unused"), resume=str(half))), ddpg.make_ddpg,
                  "ddpg")
     assert table(half / "metrics.csv") == rows and table(half / "eval.csv") == table(full / "eval.csv")
     expected, found = leaves(full), leaves(half)

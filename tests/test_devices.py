@@ -1,4 +1,4 @@
-"""Several devices and several processes (common.devices, common.processes), on forced CPU devices and two local
+"""Several devices and several processes (common.core.devices, common.run.processes), on forced CPU devices and two local
 processes: each placement computes what one device computes, and the flags are checked before anything compiles.
 CPU "devices" share the same cores, so these tests say nothing of speed (benchmarks/throughput.py does)."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import checkpoint
+from common.run import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FORCED = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -48,7 +48,7 @@ def test_seeds_split_over_devices_compute_what_one_device_computes(findings):
 
 def test_data_parallel_equals_one_device_drawing_the_same_global_batch(findings):
     """The one-device reference is the same program unsplit: 4 replay shards (shard k holds envs 2k, 2k+1), each
-    update drawing 4 rows from each shard with the shard's own key (common.training.sample_batch)."""
+    update drawing 4 rows from each shard with the shard's own key (common.core.chunk.sample_batch)."""
     data = findings["data"]
     assert data["updates"] > 0 and data["state"] < TOLERANCE and data["metrics"] < TOLERANCE
     assert data["replay_shape"] == [4, 64, 5]  # 4 shards × 256 / 4 rows × cartpole's 5 observations

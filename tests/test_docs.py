@@ -20,6 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from common.run.args import RunArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAG_TABLE_DOCS = {"docs/flags.md"}
@@ -171,7 +172,7 @@ def flags_of(cls) -> set[str]:
 def command_lines() -> dict[str, frozenset[str]]:
     """The flags of each of the project's command lines: the two algorithm scripts and every benchmarks/*.py that
     has an `Args` dataclass."""
-    from common.cli import RunArgs
+    from common.run.cli import RunArgs
     from flowrl_jax import FlowRLConfig
     from sac_jax import SACConfig
 

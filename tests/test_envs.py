@@ -14,9 +14,10 @@ from jax.extend import core as jax_core
 import numpy as np
 import pytest
 
-from common.contract import StepOutput
-from common.envs import BatchedEnv
-from common.evaluation import make_evaluator
+from common.core.contract import StepOutput
+from common.envs.playground import BatchedEnv
+from common.core.evaluation import make_evaluator
+from common.envs.tasks import resolve_task
 
 NAME, E, L = "cartpole-balance", 3, 5
 T = 2 * L + 2  # rollout steps: every env finishes two episodes
@@ -36,7 +37,7 @@ def act_fn(params, obs, key):
 
 @pytest.fixture(scope="module")
 def env():
-    return BatchedEnv(NAME, E, episode_length=L)
+    return BatchedEnv(resolve_task(NAME), E, episode_length=L)
 
 
 @pytest.fixture(scope="module")
@@ -89,21 +90,21 @@ def test_env_attributes_and_physics_backend(env):
     np.testing.assert_array_equal(env.action_low, [-1.0])
     np.testing.assert_array_equal(env.action_high, [1.0])
     assert env.env.mjx_model.impl == mjx.Impl.JAX  # Playground 0.2.0 defaults to warp: catches an ignored backend
-    assert BatchedEnv("CartpoleBalance", 1).episode_length == 1000  # the task's own time limit by default
+    assert BatchedEnv(resolve_task("CartpoleBalance"), 1).episode_length == 1000  # the task's own time limit by default
 
 
 def test_warp_backend_is_passed_through():
     pytest.importorskip("warp")
     from mujoco import mjx
 
-    assert BatchedEnv(NAME, 1, physics="warp").env.mjx_model.impl == mjx.Impl.WARP  # catches a hard-coded "jax"
+    assert BatchedEnv(resolve_task(NAME), 1, physics="warp").env.mjx_model.impl == mjx.Impl.WARP  # catches a hard-coded "jax"
 
 
 @pytest.mark.parametrize("kwargs, flag", [
     ({"physics": "cuda"}, "--physics"), ({"num_envs": 0}, "--num-envs"), ({"episode_length": 0}, "--episode-length")])
 def test_bad_arguments_are_rejected(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
-        BatchedEnv(**{"name": NAME, "num_envs": 2, **kwargs})
+        BatchedEnv(**{"task": resolve_task(NAME), "num_envs": 2, **kwargs})
 
 
 # ---------------------------------------------------------------------------------------------- stepping

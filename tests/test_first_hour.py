@@ -7,7 +7,9 @@ import pytest
 
 import flowrl_jax as flowrl
 import sac_jax as sac
-from common import cli, training
+from common.run import cli, training
+from common.run.args import resolve
+from common.run.args import RunArgs
 from tests.test_robust_runs import SHORT
 
 FLOWRL_FLAGS, SAC_FLAGS = cli.script_args(flowrl.FlowRLConfig), cli.script_args(sac.SACConfig)
@@ -27,7 +29,7 @@ def test_hidden_dim_sets_every_sac_width_and_the_per_network_flags_override_it()
 
 
 def test_both_scripts_accept_every_shared_flag():
-    shared = {field.name for field in dataclasses.fields(cli.RunArgs)} | {
+    shared = {field.name for field in dataclasses.fields(RunArgs)} | {
         "hidden_dim", "learning_rate", "gamma", "max_grad_norm", "normalize_observations"}
     for args_class in (FLOWRL_FLAGS, SAC_FLAGS):
         names = {field.name for field in dataclasses.fields(args_class)}
@@ -53,20 +55,20 @@ def test_every_bad_flag_is_one_line_exit_2(capsys, args_class, make, argv, messa
 def test_the_default_batch_adapts_to_a_short_run_and_a_given_one_never_does(tmp_path, capsys):
     short = ["--env", "cartpole-balance", "--total-steps", "2000", "--start-steps", "500", "--num-envs", "4",
              f"--run-root={tmp_path}"]
-    args = parse(SAC_FLAGS, sac.make_sac, *short)
-    assert args.batch_size == 500 and "using 500" in capsys.readouterr().err
-    assert parse(SAC_FLAGS, sac.make_sac, *short, "--batch-size", "256").batch_size == 256
+    run = parse(SAC_FLAGS, sac.make_sac, *short)
+    assert run.args.batch_size == 500 and "using 500" in capsys.readouterr().err
+    assert parse(SAC_FLAGS, sac.make_sac, *short, "--batch-size", "256").args.batch_size == 256
     with pytest.raises(SystemExit):
         parse(SAC_FLAGS, sac.make_sac, *short, "--batch-size", "512")
     assert "--batch-size must be ≤ 500" in capsys.readouterr().err
-    assert parse(SAC_FLAGS, sac.make_sac, "--env", "cartpole-balance", f"--run-root={tmp_path}").batch_size == 512
+    assert parse(SAC_FLAGS, sac.make_sac, "--env", "cartpole-balance", f"--run-root={tmp_path}").args.batch_size == 512
 
 
 def test_a_resumed_run_progress_starts_at_its_step(tmp_path, capsys):
-    training.run(dataclasses.replace(SHORT, run_root=str(tmp_path)), flowrl.make_flowrl, "flowrl")
+    training.run(resolve(dataclasses.replace(SHORT, run_root=str(tmp_path))), flowrl.make_flowrl, "flowrl")
     (run_dir,) = tmp_path.iterdir()
     capsys.readouterr()
-    training.run(dataclasses.replace(SHORT, resume=str(run_dir), total_steps=40), flowrl.make_flowrl, "flowrl")
+    training.run(resolve(dataclasses.replace(SHORT, resume=str(run_dir), total_steps=40)), flowrl.make_flowrl, "flowrl")
     bar = capsys.readouterr().err
     assert "32.0/40.0" in bar.split("compiling the training step")[0], bar[-1000:]  # before the first new chunk
 
@@ -77,7 +79,7 @@ def test_help_is_grouped_on_whole_lines_and_ends_with_examples():
     from pathlib import Path
 
     grouped = {name for names in cli.HELP_GROUPS.values() for name in names}
-    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(cli.RunArgs))  # each run flag in one group
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(RunArgs))  # each run flag in one group
     assert sum(len(names) for names in cli.HELP_GROUPS.values()) == len(grouped)
     result = subprocess.run([sys.executable, "sac_jax.py", "--help"], cwd=Path(__file__).resolve().parents[1],
                             capture_output=True, text=True, timeout=120)
@@ -94,7 +96,7 @@ def test_help_is_grouped_on_whole_lines_and_ends_with_examples():
 def test_a_curve_with_one_evaluation_shows_the_run_from_step_0(tmp_path):
     from matplotlib.figure import Figure
 
-    from common.plotting import draw_learning_curve, read_eval_csv
+    from common.run.plotting import draw_learning_curve, read_eval_csv
 
     (tmp_path / "eval.csv").write_text("step,seed,mode,return_mean,return_std\n5000,1,stochastic,120.0,4.0\n")
     ax = Figure().add_subplot()

@@ -143,3 +143,23 @@ def test_flow_policy_captures_both_modes_of_a_bimodal_target():
     gaussian = truth.mean() + truth.std() * jax.random.normal(jax.random.key(4), (n,))
     gaussian_between = float(jnp.mean(jnp.abs(gaussian) < 0.3))
     assert between < 0.08 and gaussian_between > 0.3
+
+
+def test_an_update_compiles_and_runs_in_float64():
+    """With jax_enable_x64 both branches of the policy-delay cond carry float64 metrics (the skipped branch's zeros
+    take the policy step's dtype): the precision in which this implementation is compared with other code."""
+    with jax.enable_x64(True):
+        agent = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=8), 3, 2)
+        state = agent.init(jax.random.key(0))
+        state = jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+        keys = jax.random.split(jax.random.key(1), 4)
+        batch = dict(obs=jax.random.normal(keys[0], (16, 3), jnp.float64),
+                     action=jax.random.uniform(keys[1], (16, 2), jnp.float64, -1.0, 1.0),
+                     reward=jax.random.normal(keys[2], (16,), jnp.float64), next_obs=jnp.ones((16, 3), jnp.float64),
+                     mask=jnp.ones(16, jnp.float64))
+        update = jax.jit(agent.update)
+        for step_key in jax.random.split(keys[3], 2):  # the first update moves the policy, the second does not
+            state, metrics = update(state, batch, step_key)
+            assert all(value.dtype == jnp.float64 for value in metrics.values()), metrics
+            assert all(np.isfinite(value) for value in jax.device_get(metrics).values())
+        assert jax.tree.leaves(state.policy)[0].dtype == jnp.float64

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
-from common import cli, training
-from common.envs import BatchedEnv
-from common.plotting import read_eval_csv
+from common.run import cli, training
+from common.envs.playground import BatchedEnv
+from common.run.plotting import read_eval_csv
+from common.run.args import resolve
+from common.envs.tasks import resolve_task
 
 ROOT = Path(__file__).resolve().parents[1]
 Args = cli.script_args(flowrl.FlowRLConfig)  # the script's flags
@@ -33,9 +35,9 @@ def run_script(*flags: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tiny_trainer():
-    env = BatchedEnv(TINY.env, TINY.num_envs, episode_length=TINY.episode_length)
-    eval_env = BatchedEnv(TINY.env, TINY.eval_episodes, episode_length=TINY.episode_length)
-    return training.make_trainer(*TINY.split(), flowrl.make_flowrl, env, eval_env)
+    env = BatchedEnv(resolve_task(TINY.env), TINY.num_envs, episode_length=TINY.episode_length)
+    eval_env = BatchedEnv(resolve_task(TINY.env), TINY.eval_episodes, episode_length=TINY.episode_length)
+    return training.build_trainer(resolve(TINY), flowrl.make_flowrl, env, eval_env)
 
 
 def leaves_equal(a, b) -> bool:
@@ -112,7 +114,7 @@ def test_flowrl_learns_cartpole_balance(tmp_path):
         Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=16, batch_size=256,
         start_steps=2_000, hidden_dim=128, total_steps=16_000, eval_interval=2_000, eval_episodes=5,
         log_interval=2_000, run_root=str(tmp_path), seed=1)
-    training.run(args, flowrl.make_flowrl, "flowrl")
+    training.run(resolve(args), flowrl.make_flowrl, "flowrl")
     (run_dir,) = tmp_path.iterdir()
     final_returns = read_eval_csv(run_dir / "eval.csv")["return_mean"][-3:]
     assert len(final_returns) == 3 and np.mean(final_returns) > 600, final_returns

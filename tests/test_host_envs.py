@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
-from common import cli, training
-from common.host_envs import HostBatchedEnv
-from common.tasks import dm_control_suite, resolve_task
-from common.training import make_env
+from common.run import cli, training
+from common.envs.host import HostBatchedEnv, dm_control_suite
+from common.envs.tasks import resolve_task
+from common.envs.make import make_env
+from common.run.args import resolve
+from common.core.layout import Layout
 from tests.test_resume import leaves, table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,14 +97,14 @@ class RawDMControl:
 
 def test_gymnasium_transitions_match_the_raw_env_at_time_limits_and_terminations():
     # Hopper falls within tens of random steps (termination, no bootstrap); a 25-step limit truncates the others.
-    env = make_env("Hopper-v4", "gymnasium", E, episode_length=25, host_threads=2)  # threads split the envs 1 + 2
+    env = make_env(resolve_task("Hopper-v4", "gymnasium"), E, episode_length=25, host_threads=2)  # threads split the envs 1 + 2
     raws = [RawGymnasium("Hopper-v4", seed, 25) for seed in host_seeds(KEY, E)]
     terminations, truncations = check_against_raw(env, raws, steps=80)
     assert terminations > 0 and truncations > 0
 
 
 def test_dm_control_transitions_match_the_raw_env_at_time_limits():
-    env = make_env("cartpole-swingup", "dm_control", E, episode_length=5, host_threads=2)
+    env = make_env(resolve_task("cartpole-swingup", "dm_control"), E, episode_length=5, host_threads=2)
     assert (env.obs_size, env.action_size) == (5, 1)
     raws = [RawDMControl("cartpole-swingup", seed, 5) for seed in host_seeds(KEY, E)]
     terminations, truncations = check_against_raw(env, raws, steps=12)
@@ -129,7 +131,7 @@ def test_a_captured_state_restores_exactly_into_fresh_envs_and_a_stale_one_is_re
             outputs.append(jax.device_get(out))
         return state, outputs
 
-    env = make_env("Ant-v4", "gymnasium", 2, episode_length=15)
+    env = make_env(resolve_task("Ant-v4", "gymnasium"), 2, episode_length=15)
     actions = np.random.default_rng(1).uniform(-1, 1, (40, 2, env.action_size)).astype(np.float32)
     state, _ = rollout(env, env.reset(KEY), actions[:20])
     captured = env.capture(state)
@@ -137,7 +139,7 @@ def test_a_captured_state_restores_exactly_into_fresh_envs_and_a_stale_one_is_re
     with pytest.raises(Exception, match="not the one the host envs hold"):
         rollout(env, captured, actions[20:21])
 
-    fresh = make_env("Ant-v4", "gymnasium", 2, episode_length=15)
+    fresh = make_env(resolve_task("Ant-v4", "gymnasium"), 2, episode_length=15)
     fresh.restore(captured)
     _, found = rollout(fresh, captured, actions[20:])
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(found)):
@@ -154,7 +156,7 @@ HOST = cli.script_args(flowrl.FlowRLConfig)(
 
 
 def host_run(root: Path, **changes) -> Path:
-    training.run(dataclasses.replace(HOST, run_root=str(root), **changes), flowrl.make_flowrl, "flowrl")
+    training.run(resolve(dataclasses.replace(HOST, run_root=str(root), **changes)), flowrl.make_flowrl, "flowrl")
     (run_dir,) = root.iterdir()
     return run_dir
 
@@ -177,7 +179,7 @@ def test_host_runs_are_deterministic_and_resume_exactly(tmp_path):
 
     half = host_run(tmp_path / "half", total_steps=36)
     # The resumed half runs in a fresh process state: new host env objects that only the checkpoint can set.
-    training.run(dataclasses.replace(HOST, run_root=str(tmp_path / "unused"), resume=str(half)), flowrl.make_flowrl,
+    training.run(resolve(dataclasses.replace(HOST, run_root=str(tmp_path / "unused"), resume=str(half))), flowrl.make_flowrl,
                  "flowrl")
     assert_same_run(full, half)
     snapshot = next(v for k, v in leaves(full).items() if v.dtype == np.uint8 and v.ndim == 2)
@@ -186,12 +188,12 @@ def test_host_runs_are_deterministic_and_resume_exactly(tmp_path):
 
 def test_seed_k_of_a_vmapped_host_run_equals_the_single_run_with_that_seed():
     def trainer(num_seeds):  # own env objects per trainer: each pool follows one train state
-        env, eval_env = (make_env(HOST.env, HOST.backend, n, episode_length=HOST.episode_length)
+        env, eval_env = (make_env(resolve_task(HOST.env, HOST.backend), n, episode_length=HOST.episode_length)
                          for n in (HOST.num_envs, HOST.eval_episodes))
-        return training.over_seeds(training.make_trainer(*HOST.split(), flowrl.make_flowrl, env, eval_env), num_seeds)
+        return Layout(num_seeds).over_seeds(training.build_trainer(resolve(HOST), flowrl.make_flowrl, env, eval_env))
 
     vmapped, single = trainer(2), trainer(1)
-    many, one = vmapped.init(training.seed_keys(1, 2)[0]), single.init(training.seed_keys(2, 1)[0])
+    many, one = vmapped.init(Layout(2).seed_keys(1)[0]), single.init(Layout(1).seed_keys(2)[0])
     for _ in range(5):  # 30 env steps: random actions until 18, then the policy acts and learns
         many, _ = vmapped.chunk(many)
         one, _ = single.chunk(one)
@@ -201,8 +203,8 @@ def test_seed_k_of_a_vmapped_host_run_equals_the_single_run_with_that_seed():
     np.testing.assert_array_equal(many.buffer.data["obs"][1][:18], one.buffer.data["obs"][:18])
     np.testing.assert_allclose(many.buffer.data["next_obs"][1][:30], one.buffer.data["next_obs"][:30], atol=1e-4)
     assert not np.allclose(many.buffer.data["obs"][0][:18], one.buffer.data["obs"][:18])  # seed 1 is another run
-    returns_many = vmapped.evaluate(many, training.seed_keys(1, 2)[1], False).returns
-    returns_one = single.evaluate(one, training.seed_keys(2, 1)[1], False).returns
+    returns_many = vmapped.evaluate(many, Layout(2).seed_keys(1)[1], False).returns
+    returns_one = single.evaluate(one, Layout(1).seed_keys(2)[1], False).returns
     np.testing.assert_allclose(returns_many[1], returns_one[0], rtol=1e-4)
 
 
@@ -230,9 +232,9 @@ def test_both_scripts_train_on_dog_run_and_ant(script, env, tmp_path):
 
 def test_the_harness_observes_each_observation_the_policy_meets_once():
     args = dataclasses.replace(HOST, normalize_observations=True)
-    env, eval_env = (make_env(args.env, args.backend, n, episode_length=args.episode_length)
+    env, eval_env = (make_env(resolve_task(args.env, args.backend), n, episode_length=args.episode_length)
                      for n in (args.num_envs, args.eval_episodes))
-    trainer = training.make_trainer(*args.split(), flowrl.make_flowrl, env, eval_env)
+    trainer = training.build_trainer(resolve(args), flowrl.make_flowrl, env, eval_env)
     state = trainer.init(jax.random.key(0))
     for _ in range(4):  # 24 env steps: 18 random, then the policy acts on normalised observations and learns
         state, _ = trainer.chunk(state)

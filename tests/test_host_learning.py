@@ -4,8 +4,9 @@ terminal mask and the resets on the host both matter."""
 import numpy as np
 
 import flowrl_jax as flowrl
-from common import cli, training
-from common.plotting import read_eval_csv
+from common.run import cli, training
+from common.run.plotting import read_eval_csv
+from common.run.args import resolve
 
 
 def test_flowrl_learns_inverted_pendulum_on_the_host(tmp_path):
@@ -25,7 +26,7 @@ def test_flowrl_learns_inverted_pendulum_on_the_host(tmp_path):
         env="InvertedPendulum-v4", backend="gymnasium", num_envs=8, updates_per_iteration=8, batch_size=128,
         hidden_dim=64, start_steps=1_000, total_steps=8_000, log_interval=1_000, eval_interval=1_000,
         eval_episodes=5, buffer_size=100_000, run_root=str(tmp_path), seed=1)
-    training.run(args, flowrl.make_flowrl, "flowrl")
+    training.run(resolve(args), flowrl.make_flowrl, "flowrl")
     (run_dir,) = tmp_path.iterdir()
     final_returns = read_eval_csv(run_dir / "eval.csv")["return_mean"][-3:]
     assert len(final_returns) == 3 and np.mean(final_returns) > 60, final_returns

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-from common import logger as logger_mod
-from common.cli import require_wandb
-from common.logger import RunLogger, make_run_dir
-from common.plotting import read_eval_csv
+from common.run import logger as logger_mod
+from common.run.cli import require_wandb
+from common.run.logger import RunLogger, make_run_dir
+from common.run.plotting import read_eval_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVAL_COLUMNS = ["step", "mode", "return_mean", "return_std", "return_min", "return_max", "num_episodes", "returns"]

@@ -1,4 +1,4 @@
-"""The MyoSuite backend (common.tasks, common.host_envs): its ids and sizes, a missing package, transitions against
+"""The MyoSuite backend (common.envs.tasks, common.envs.host): its ids and sizes, a missing package, transitions against
 the raw MyoSuite env (terminations, time limits, the `solved` flag), a task's exception, exact restore across resets
 that move targets and resize objects, success scored at each eval episode's last step, and one tiny training run
 (success in eval.csv, its video, --play, and an exact resume). At most 8 MyoSuite envs (~81 MB each) live at once."""
@@ -14,12 +14,16 @@ import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
-from common import cli, play, tasks, training
-from common.contract import StepOutput
-from common.evaluation import make_evaluator
-from common.tasks import (MYOSUITE_BENCHMARK, Task, UnknownEnvError, format_task_list, measure_sizes, resolve_task,
-                          task_sizes)
-from common.training import make_env
+from common.run import cli, play, training
+from common.envs import tasks
+from common.core.contract import StepOutput
+from common.core.evaluation import make_evaluator
+from benchmarks.task_table import measure_sizes
+from common.envs.tasks import (MYOSUITE_BENCHMARK, Task, UnknownEnvError, format_task_list, resolve_task,
+                               task_sizes)
+from common.envs.make import make_env
+from common.run.args import resolve
+from common.run.args import parse_video_size
 from tests.test_host_envs import assert_same_run, host_seeds, leaves
 from tests.test_resume import table
 from tests.test_video import decode
@@ -56,7 +60,7 @@ def test_without_myosuite_the_names_still_resolve_and_building_exits_2_with_the_
     assert resolve_task("myohandposerandom-v0") == Task("myoHandPoseRandom-v0", "myosuite", "myoHandPoseRandom-v0")
     assert "myoHandPoseRandom-v0" in format_task_list()
     with pytest.raises(UnknownEnvError, match="needs MyoSuite, which is not installed: pip install -r requirements"):
-        make_env("myoHandPoseRandom-v0", "auto", 1)
+        make_env(resolve_task("myoHandPoseRandom-v0"), 1)
     monkeypatch.setattr("sys.argv", ["flowrl_jax.py", "--env", "myoHandPoseRandom-v0"])
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(cli.script_args(flowrl.FlowRLConfig), flowrl.make_flowrl)
@@ -73,7 +77,7 @@ def test_every_row_of_the_table_has_the_sizes_of_the_built_env():
 def check_against_raw_myosuite(name: str, steps: int) -> tuple[int, int, int]:
     """Steps HostBatchedEnv and the raw envs with the same random actions; every transition, its end and its success
     flag must match. Returns (terminations, truncations, solved steps)."""
-    env = make_env(name, "myosuite", E, host_threads=2)
+    env = make_env(resolve_task(name, "myosuite"), E, host_threads=2)
     raws = [raw_env(name) for _ in range(E)]
     first = [raw.reset(seed=seed)[0] for raw, seed in zip(raws, host_seeds(KEY, E))]
     reset, step = jax.jit(env.reset), jax.jit(env.step)
@@ -98,7 +102,7 @@ def check_against_raw_myosuite(name: str, steps: int) -> tuple[int, int, int]:
 
 
 def test_transitions_match_the_raw_env_at_its_time_limit():
-    assert make_env("myoHandReachRandom-v0", "myosuite", 1).episode_length == 100  # MyoSuite's max_episode_steps
+    assert make_env(resolve_task("myoHandReachRandom-v0", "myosuite"), 1).episode_length == 100  # MyoSuite's max_episode_steps
     terminations, truncations, _ = check_against_raw_myosuite("myoHandReachRandom-v0", steps=105)
     assert terminations == 0 and truncations == E
 
@@ -110,7 +114,7 @@ def test_transitions_match_the_raw_env_at_terminations_and_report_solved():
 
 
 def test_an_exception_in_a_myosuite_step_resets_that_env_and_solves_nothing():
-    env = make_env("myoHandReachRandom-v0", "myosuite", 2)
+    env = make_env(resolve_task("myoHandReachRandom-v0", "myosuite"), 2)
     state = env.reset(KEY)
     failing = env.pool.envs[1]
     failing.step = lambda action: (_ for _ in ()).throw(RuntimeError("simulator fault"))
@@ -131,14 +135,14 @@ def test_a_captured_state_restores_exactly_into_fresh_envs(name):
             outputs.append(jax.device_get(out))
         return outputs
 
-    env = make_env(name, "myosuite", 2, episode_length=12)
+    env = make_env(resolve_task(name, "myosuite"), 2, episode_length=12)
     actions = np.random.default_rng(1).uniform(-1, 1, (40, 2, env.action_size)).astype(np.float32)
     state = env.reset(KEY)
     for action in actions[:18]:
         state, _ = env.step(state, action)
     captured = env.capture(state)
     expected = rollout(env, captured, actions[18:])  # two more resets on the host
-    fresh = make_env(name, "myosuite", 2, episode_length=12)
+    fresh = make_env(resolve_task(name, "myosuite"), 2, episode_length=12)
     fresh.restore(captured)
     found = rollout(fresh, captured, actions[18:])
     assert sum(int(out.truncated.sum() + out.terminated.sum()) for out in expected) >= 2
@@ -189,7 +193,7 @@ TINY = cli.script_args(flowrl.FlowRLConfig)(
 
 
 def tiny_run(root, **changes):
-    training.run(dataclasses.replace(TINY, run_root=str(root), **changes), flowrl.make_flowrl, "flowrl",
+    training.run(resolve(dataclasses.replace(TINY, run_root=str(root), **changes)), flowrl.make_flowrl, "flowrl",
                  flowrl.POLICY_FIELDS)
     (run_dir,) = root.iterdir()
     gc.collect()  # the run's host envs go with it
@@ -212,7 +216,7 @@ def test_a_tiny_training_run_logs_success_beside_the_return_and_films_it(full_ru
         successes = [int(s) for s in evaluation["successes"].split()]
         assert len(successes) == 2 and set(successes) <= {0, 1}
         assert float(evaluation["success_rate"]) == pytest.approx(np.mean(successes))
-    width, height = cli.parse_video_size(TINY.video_size)
+    width, height = parse_video_size(TINY.video_size)
     for step in (20, 40):
         frames = decode(full_run / "videos" / f"{step:012d}.mp4")
         assert frames.shape == (10, height, width, 3) and all(frame.std() > 5 for frame in frames)
@@ -228,7 +232,7 @@ def test_play_prints_the_success_rate_of_the_run_s_evaluation(full_run, capsys):
 
 def test_a_resumed_run_equals_the_uninterrupted_one(full_run, tmp_path):
     half = tiny_run(tmp_path / "half", total_steps=20)
-    training.run(dataclasses.replace(TINY, run_root=str(tmp_path / "unused"), resume=str(half)), flowrl.make_flowrl,
+    training.run(resolve(dataclasses.replace(TINY, run_root=str(tmp_path / "unused"), resume=str(half))), flowrl.make_flowrl,
                  "flowrl", flowrl.POLICY_FIELDS)
     gc.collect()
     assert_same_run(full_run, half)  # metrics, eval.csv with its success column, every leaf, the host snapshots

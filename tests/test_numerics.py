@@ -4,12 +4,15 @@ import csv
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
-from common import checkpoint, cli, resume, training
-from common.envs import BatchedEnv
+from common.run import checkpoint, cli, resume, training
+from common.envs.playground import BatchedEnv
+from common.run.args import resolve
+from common.envs.tasks import resolve_task
 
 Args = cli.script_args(flowrl.FlowRLConfig)
 ARGS = Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
@@ -19,9 +22,9 @@ ARGS = Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_s
 
 def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):
     args = dataclasses.replace(ARGS, run_root=str(tmp_path))
-    env = BatchedEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    trainer = training.make_trainer(*args.split(), flowrl.make_flowrl, env,
-                                    BatchedEnv(args.env, args.eval_episodes, episode_length=20))
+    env = BatchedEnv(resolve_task(args.env), args.num_envs, episode_length=args.episode_length)
+    trainer = training.build_trainer(resolve(args), flowrl.make_flowrl, env,
+                                    BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=20))
 
     def chunk_that_diverges_at_step_40(state):  # the loss the real chunk computed, poisoned from step 40 on
         state, metrics = trainer.chunk(state)
@@ -29,7 +32,7 @@ def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):
         return state, {**metrics, "critic_loss": jax.numpy.where(diverged, np.nan, metrics["critic_loss"])}
 
     with pytest.raises(SystemExit) as stopped:
-        training.train(trainer._replace(chunk=chunk_that_diverges_at_step_40), args.split()[0], "flowrl", env)
+        training.train(trainer._replace(chunk=chunk_that_diverges_at_step_40), resolve(args), "flowrl", env)
     message = str(stopped.value.code)
     (run_dir,) = tmp_path.iterdir()
     good = checkpoint.list_checkpoints(run_dir / "checkpoints")
@@ -42,9 +45,10 @@ def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):
 
 def test_disk_warning_when_checkpoints_will_not_fit(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(resume.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 10 * 2**30})())
-    resume.warn_if_disk_is_short(tmp_path, 4 * 2**30)
+    four_gib = jax.ShapeDtypeStruct((2**30,), jnp.float32)  # one checkpoint of this state: 4 GiB
+    resume.warn_if_disk_is_short(tmp_path, four_gib, keep_checkpoints=0)  # one kept and one being written
     assert capsys.readouterr().err == ""
-    resume.warn_if_disk_is_short(tmp_path, 12 * 2**30)
+    resume.warn_if_disk_is_short(tmp_path, four_gib, keep_checkpoints=2)
     assert "checkpoints need about 12.00 GiB" in capsys.readouterr().err
 
 
@@ -53,8 +57,8 @@ def test_checkpoint_size_formula_matches_the_state():
     networks at width 512 (params, targets and Adam moments). Checked on humanoid-walk (obs 67, action 21), 1 M
     buffer, traced only."""
     args = dataclasses.replace(Args(), env="humanoid-walk")
-    env = BatchedEnv(args.env, args.num_envs)
-    trainer = training.make_trainer(*args.split(), flowrl.make_flowrl, env, BatchedEnv(args.env, 1))
+    env = BatchedEnv(resolve_task(args.env), args.num_envs)
+    trainer = training.build_trainer(resolve(args), flowrl.make_flowrl, env, BatchedEnv(resolve_task(args.env), 1))
     template = jax.eval_shape(trainer.init, jax.random.key(0))
     replay_bytes = args.buffer_size * (2 * env.obs_size + env.action_size + 2) * 4
     assert env.obs_size == 67 and env.action_size == 21
@@ -72,8 +76,8 @@ class DivergingEnv(BatchedEnv):
 def test_diverged_env_transitions_are_counted_and_kept_out_of_the_replay():
     args = dataclasses.replace(ARGS, log_interval=40)  # one chunk of 10 iterations, no update before step 16
     env = DivergingEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    trainer = training.make_trainer(*args.split(), flowrl.make_flowrl, env,
-                                    BatchedEnv(args.env, args.eval_episodes, episode_length=20))
+    trainer = training.build_trainer(resolve(args), flowrl.make_flowrl, env,
+                                    BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=20))
     state, metrics = trainer.chunk(trainer.init(jax.random.key(0)))
     # Env 0 restarts after each divergence, so it diverges at steps 3 and 6 and 9 of the chunk: 3 resets.
     assert int(metrics["nonfinite_env_resets"]) == 3

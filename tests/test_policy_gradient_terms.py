@@ -7,8 +7,9 @@ import numpy as np
 
 import flowrl_jax as flowrl
 from benchmarks import policy_gradient_terms
-from common import buffer as replay
-from common import checkpoint, training
+from common.core import replay
+from common.run import checkpoint
+from common.core.chunk import TrainState
 
 OBS_SIZE, ACTION_SIZE, ROWS = 3, 2, 64
 
@@ -21,7 +22,7 @@ def save_two_seed_run(directory, lagrange: float):
     data = dict(obs=jax.random.normal(jax.random.key(3), (2, ROWS, OBS_SIZE)),
                 action=jax.random.uniform(jax.random.key(4), (2, ROWS, ACTION_SIZE), minval=-1.0, maxval=1.0))
     buffer = replay.ReplayBuffer(data=data, position=jnp.zeros(2, jnp.int32), size=jnp.full(2, ROWS, jnp.int32))
-    state = training.TrainState(learner=learner, buffer=buffer, env=jnp.zeros(2), key=jax.random.split(
+    state = TrainState(learner=learner, buffer=buffer, env=jnp.zeros(2), key=jax.random.split(
         jax.random.key(5), 2), env_steps=jnp.int32(ROWS))
     config = dict(seed=1, num_seeds=2, batch_size=32, hidden_dim=16, lagrange=lagrange, policy_loss="reference")
     path = checkpoint.save(directory, ROWS, state, {"algo": "flowrl", "config": config}, keep=1)

@@ -13,6 +13,7 @@ import flowrl_jax
 import sac_jax
 from benchmarks import flops
 from benchmarks.projection import MJX_HUMANOID_CONTROL_STEPS_PER_S
+from common.envs.tasks import resolve_task
 
 CSV = Path(__file__).resolve().parents[1] / "benchmarks/results/projection_h200.csv"
 ALGORITHMS = {"flowrl": (flowrl_jax.FlowRLConfig, flowrl_jax.make_flowrl), "sac": (sac_jax.SACConfig, sac_jax.make_sac)}
@@ -34,9 +35,9 @@ def test_every_row_is_a_projection_of_the_scripts_defaults(rows):
 
 
 def test_humanoid_walk_sizes(rows):
-    from common.envs import BatchedEnv
+    from common.envs.playground import BatchedEnv
 
-    env = BatchedEnv("humanoid-walk", 1)
+    env = BatchedEnv(resolve_task("humanoid-walk"), 1)
     assert {(int(row["obs_size"]), int(row["action_size"])) for row in rows} == {(env.obs_size, env.action_size)}
 
 

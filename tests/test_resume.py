@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
-from common import checkpoint, cli, training
+from common.run import checkpoint, cli, training
+from common.run.args import resolve
+from tests.checkpoints import checkpoint_leaves
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"env_steps_per_s", "updates_per_s"}  # wall-clock columns: the only ones allowed to differ
@@ -23,7 +25,7 @@ ARGS = cli.script_args(flowrl.FlowRLConfig)(
 
 
 def train(args) -> None:
-    training.run(args, flowrl.make_flowrl, "flowrl")
+    training.run(resolve(args), flowrl.make_flowrl, "flowrl")
 
 
 def run(tmp_path, name, **changes) -> Path:
@@ -40,7 +42,7 @@ def table(path: Path) -> list[dict]:
 
 def leaves(run_dir: Path) -> dict:
     """Every array of the final train state, as stored (the header, which holds the config, is left out)."""
-    return checkpoint.read_leaves(checkpoint.list_checkpoints(run_dir / "checkpoints")[-1])
+    return checkpoint_leaves(checkpoint.list_checkpoints(run_dir / "checkpoints")[-1])
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,19 @@ def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, full_run):
     assert table(half / "metrics.csv") == table(full_run / "metrics.csv")
     assert table(half / "eval.csv") == table(full_run / "eval.csv")
     expected, found = leaves(full_run), leaves(half)
+    assert expected.keys() == found.keys()
+    for name in expected:
+        np.testing.assert_array_equal(found[name], expected[name], err_msg=name)
+
+
+def test_a_run_written_before_the_harness_layout_change_resumes_exactly(tmp_path, full_run):
+    """tests/fixtures/run_before_layout is ARGS run to step 32 by the code before common/ was split into core, envs
+    and run (commit d4412ba): resumed by today's code, it ends as today's uninterrupted run does, bit for bit."""
+    old = Path(shutil.copytree(ROOT / "tests" / "fixtures" / "run_before_layout", tmp_path / "old"))
+    train(dataclasses.replace(ARGS, run_root=str(tmp_path / "unused"), resume=str(old)))
+    assert table(old / "metrics.csv") == table(full_run / "metrics.csv")
+    assert table(old / "eval.csv") == table(full_run / "eval.csv")
+    expected, found = leaves(full_run), leaves(old)
     assert expected.keys() == found.keys()
     for name in expected:
         np.testing.assert_array_equal(found[name], expected[name], err_msg=name)

@@ -5,6 +5,7 @@ env faults that reset the env instead of ending the run."""
 import dataclasses
 import errno
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -16,8 +17,12 @@ import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
-from common import checkpoint, resources, training
-from common.run_lock import lock_run_dir
+from common.run import checkpoint, cli, resources, resume, training
+from common.run.run_lock import lock_run_dir
+from common.run.args import resolve
+from common.run import callbacks
+from common.envs.make import make_env
+from common.envs.tasks import resolve_task
 from tests.test_resume import ARGS, table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +30,7 @@ SHORT = dataclasses.replace(ARGS, total_steps=32, checkpoint_interval=16, eval_i
 
 
 def short_run(root: Path, **changes) -> Path:
-    training.run(dataclasses.replace(SHORT, run_root=str(root), **changes), flowrl.make_flowrl, "flowrl")
+    training.run(resolve(dataclasses.replace(SHORT, run_root=str(root), **changes)), flowrl.make_flowrl, "flowrl")
     (run_dir,) = root.iterdir()
     return run_dir
 
@@ -44,7 +49,7 @@ def two_runs(tmp_path_factory):
 
 def resume_exit_code(resume: Path) -> int:
     with pytest.raises(SystemExit) as stopped:
-        training.run(dataclasses.replace(SHORT, resume=str(resume), total_steps=48), flowrl.make_flowrl, "flowrl")
+        training.run(resolve(dataclasses.replace(SHORT, resume=str(resume), total_steps=48)), flowrl.make_flowrl, "flowrl")
     return stopped.value.code
 
 
@@ -95,7 +100,7 @@ def test_a_run_directory_has_one_writer_and_a_killed_holder_leaves_no_lock(tmp_p
     assert fingerprint(mine) == before
     holder.close()
 
-    child = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.run_lock import lock_run_dir; "
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.run.run_lock import lock_run_dir; "
                               f"lock = lock_run_dir({str(mine)!r}); print('locked', flush=True); time.sleep(600)"],
                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "locked"
@@ -150,7 +155,7 @@ def test_a_failed_checkpoint_write_names_the_last_good_one_and_leaves_no_partial
     monkeypatch.setattr(checkpoint, "_write", disk_full_on_the_second_save)
     with pytest.raises(SystemExit) as stopped:
         short_run(tmp_path)
-    assert stopped.value.code == training.EXIT_WRITE_FAILED
+    assert stopped.value.code == callbacks.EXIT_WRITE_FAILED
     (run_dir,) = tmp_path.iterdir()
     (good,) = checkpoint.list_checkpoints(run_dir / "checkpoints")
     message = capsys.readouterr().err
@@ -163,12 +168,12 @@ def test_stale_temp_files_of_a_killed_save_are_removed_when_the_run_resumes(tmp_
     mine = Path(shutil.copytree(two_runs[0], tmp_path / "mine"))
     stale = mine / "checkpoints" / ".checkpoint_000000000048.msgpack.12345.tmp"
     stale.write_bytes(b"partial")
-    training.run(dataclasses.replace(SHORT, resume=str(mine), total_steps=36), flowrl.make_flowrl, "flowrl")
+    training.run(resolve(dataclasses.replace(SHORT, resume=str(mine), total_steps=36)), flowrl.make_flowrl, "flowrl")
     assert not stale.exists()
 
 
 def test_an_exception_in_a_host_env_step_resets_that_env_and_is_counted(capsys):
-    env = training.make_env("InvertedPendulum-v4", "gymnasium", 3, episode_length=50)
+    env = make_env(resolve_task("InvertedPendulum-v4", "gymnasium"), 3, episode_length=50)
     state = env.reset(jax.random.key(0))
     failing = env.pool.envs[1]
     calls = []
@@ -188,3 +193,39 @@ def test_an_exception_in_a_host_env_step_resets_that_env_and_is_counted(capsys):
     assert [list(out.nonfinite) for out in outputs] == [[False] * 3, [False, True, False], [False] * 3]
     assert env.pool.episode_steps[1] == 1 and env.pool.episode_steps[0] == 3  # env 1 restarted
     assert "raised RuntimeError: simulator fault" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_first_checkpoint_cannot_be_resumed_and_says_so(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"env": "cartpole-balance"}))  # stopped while compiling
+    for missing in (False, True):  # no checkpoints/ at all, then an empty one
+        with pytest.raises(SystemExit) as stopped:
+            resume.open_resumed_run(str(run_dir))
+        error = capsys.readouterr().err
+        assert stopped.value.code == 2 and len(error.strip().splitlines()) == 1, error
+        assert f"{run_dir} has no checkpoint yet" in error and "start it again without --resume" in error
+        (run_dir / "checkpoints").mkdir(exist_ok=missing)
+
+
+def test_a_damaged_config_is_refused_naming_the_file(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"env": "cartpole\x01-balance"}')
+    with pytest.raises(SystemExit) as stopped:
+        cli.parse_args(cli.script_args(flowrl.FlowRLConfig), flowrl.make_flowrl, ["--resume", str(run_dir)])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and len(error.strip().splitlines()) == 1, error
+    assert f"{run_dir / 'config.json'} is damaged" in error
+
+
+def test_a_stop_before_any_checkpoint_says_that_none_was_written_yet():
+    checkpoints = callbacks.Checkpoints(None, env=None, metadata={}, layout=None, keep=1, last=None)
+    guard = callbacks.Guard([1], check_replicas=False, checkpoints=checkpoints)
+    metrics = {"params_finite": np.array([True]), "critic_loss": np.array([np.nan])}
+    result = callbacks.ChunkResult(index=1, step=8, previous_step=0, last=False, metrics=metrics, seconds=1.0,
+                                   postfix={})
+    with pytest.raises(SystemExit) as stopped:
+        guard(result, state=None)
+    assert "non-finite critic_loss" in str(stopped.value.code)
+    assert str(stopped.value.code).endswith("last good checkpoint: none was written yet")

@@ -127,7 +127,7 @@ def test_the_myo_suite_is_myosuite_s_hard_tasks_in_paper_mode_at_1m_steps():
     assert {(job.algo, job.num_seeds, job.total_steps) for job in jobs} == {("flowrl", 5, 1_000_000),
                                                                            ("sac", 5, 1_000_000)}
     for job in jobs:
-        assert " ".join(run_suite.PAPER_MODE) in " ".join(job.flags) and "--backend myosuite" in " ".join(job.flags)
+        assert " ".join(run_suite.PAPER) in " ".join(job.flags) and "--backend myosuite" in " ".join(job.flags)
 
 
 def test_finished_pairs_are_skipped_and_interrupted_ones_resume(tmp_path, monkeypatch, capsys):
@@ -156,7 +156,8 @@ def test_suite_definitions_are_valid_training_flags():
     """Every suite's flags parse and pass the training scripts' checks (a typo would only show mid-suite)."""
     import flowrl_jax
     import sac_jax
-    from common.cli import script_args, validate_run_args
+    from common.run.args import resolve
+    from common.run.cli import script_args, validate_run_args
     from tyro import cli
 
     configs = {"flowrl": flowrl_jax.FlowRLConfig, "sac": sac_jax.SACConfig}
@@ -165,6 +166,6 @@ def test_suite_definitions_are_valid_training_flags():
             flags = ["--env", job.task, "--num-seeds", str(job.num_seeds), "--total-steps", str(job.total_steps),
                      *job.flags]
             parsed = cli(script_args(configs[job.algo]), args=flags)
-            validate_run_args(parsed)
+            validate_run_args(resolve(parsed))
             parsed.validate()
             assert dataclasses.asdict(parsed)["num_seeds"] == job.num_seeds

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 
 import sac_jax as sac
-from common import cli, training
-from common.envs import BatchedEnv
-from common.plotting import read_eval_csv
+from common.run import cli, training
+from common.envs.playground import BatchedEnv
+from common.run.plotting import read_eval_csv
+from common.run.args import resolve
+from common.envs.tasks import resolve_task
+from common.core.chunk import make_update
 
 REPO = Path(__file__).resolve().parents[1]
 Args = cli.script_args(sac.SACConfig)  # the script's flags
@@ -130,9 +133,9 @@ SMOKE_FLAGS = ["--env", "cartpole-balance", "--num-envs", "4", "--updates-per-it
 
 @pytest.fixture(scope="module")
 def tiny_trainer():
-    env = BatchedEnv(TINY.env, TINY.num_envs, episode_length=TINY.episode_length)
-    eval_env = BatchedEnv(TINY.env, TINY.eval_episodes, episode_length=TINY.episode_length)
-    return training.make_trainer(*TINY.split(), sac.make_sac, env, eval_env)
+    env = BatchedEnv(resolve_task(TINY.env), TINY.num_envs, episode_length=TINY.episode_length)
+    eval_env = BatchedEnv(resolve_task(TINY.env), TINY.eval_episodes, episode_length=TINY.episode_length)
+    return training.build_trainer(resolve(TINY), sac.make_sac, env, eval_env)
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +185,7 @@ def test_chunk_compiles_once_and_learns_only_after_start_steps(tiny_history):
 
 def test_one_update_moves_the_targets_by_polyak_and_alpha_by_the_entropy_gap(tiny_trainer, tiny_history):
     state = tiny_history[0][-1][1]  # after six chunks: 24 transitions stored, 6 updates done
-    after, metrics = jax.device_get(jax.jit(tiny_trainer.update)(state, jax.random.key(7)))
+    after, metrics = jax.device_get(jax.jit(make_update(resolve(TINY).spec, tiny_trainer.agent))(state, jax.random.key(7)))
     state, after = state.learner, after.learner
     assert after.updates == state.updates + 1
     for new, old, online in zip(jax.tree.leaves(after.q_target), jax.tree.leaves(state.q_target),
@@ -293,7 +296,7 @@ def test_sac_learns_cartpole_balance(tmp_path):
         Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=16, batch_size=256, start_steps=2_000,
         actor_hidden_dim=128, critic_hidden_dim=128, total_steps=16_000, eval_interval=2_000, eval_episodes=5,
         log_interval=2_000, run_root=str(tmp_path), seed=1)
-    training.run(args, sac.make_sac, "sac")
+    training.run(resolve(args), sac.make_sac, "sac")
     (run_dir,) = tmp_path.iterdir()
     final_returns = read_eval_csv(run_dir / "eval.csv")["return_mean"][-3:]
     assert len(final_returns) == 3 and np.mean(final_returns) > 480, final_returns

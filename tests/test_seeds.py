@@ -8,8 +8,11 @@ import pytest
 
 import flowrl_jax as flowrl
 import sac_jax as sac
-from common import training
-from common.envs import BatchedEnv
+from common.run import training
+from common.envs.playground import BatchedEnv
+from common.run.args import resolve
+from common.core.layout import Layout
+from common.envs.tasks import resolve_task
 from tests.test_flowrl_train import TINY, TINY_FLAGS, run_script
 from tests.test_sac import TINY as SAC_TINY
 
@@ -17,18 +20,18 @@ NUM_SEEDS, FIRST_SEED, CHECKED = 3, 1, 1  # seed 2 is compared with a single run
 
 
 def trainers(make_agent, args):
-    env = BatchedEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    trainer = training.make_trainer(*args.split(), make_agent, env,
-                                    BatchedEnv(args.env, args.eval_episodes, episode_length=args.episode_length))
-    return training.over_seeds(trainer, NUM_SEEDS), training.over_seeds(trainer, 1)
+    env = BatchedEnv(resolve_task(args.env), args.num_envs, episode_length=args.episode_length)
+    trainer = training.build_trainer(resolve(args), make_agent, env,
+                                    BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=args.episode_length))
+    return Layout(NUM_SEEDS).over_seeds(trainer), Layout(1).over_seeds(trainer)
 
 
 @pytest.mark.parametrize("make_agent, args", [(flowrl.make_flowrl, TINY), (sac.make_sac, SAC_TINY)],
                          ids=["flowrl", "sac"])
 def test_seed_k_of_a_vmapped_run_equals_the_single_run_with_that_seed(make_agent, args):
     vmapped, single = trainers(make_agent, args)
-    init_keys, eval_keys = training.seed_keys(FIRST_SEED, NUM_SEEDS)
-    single_init_keys, single_eval_keys = training.seed_keys(FIRST_SEED + CHECKED, 1)
+    init_keys, eval_keys = Layout(NUM_SEEDS).seed_keys(FIRST_SEED)
+    single_init_keys, single_eval_keys = Layout(1).seed_keys(FIRST_SEED + CHECKED)
     many, one = vmapped.init(init_keys), single.init(single_init_keys)
     for _ in range(6):  # 24 env steps: random actions until 16, then one update per chunk (the policy moves too)
         many, many_metrics = vmapped.chunk(many)

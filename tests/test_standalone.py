@@ -16,8 +16,12 @@ import pytest
 
 import flowrl_jax as flowrl
 import sac_jax as sac
-from common import policy_export, training
-from common.envs import BatchedEnv
+from common.run import policy_export, training
+from common.envs.playground import BatchedEnv
+from common.run.args import resolve
+from common.core.layout import Layout
+from common.envs.tasks import resolve_task
+from common.core.chunk import make_update, sample_batch
 from tests.test_flowrl_train import TINY
 from tests.test_sac import TINY as SAC_TINY
 
@@ -84,7 +88,7 @@ def test_an_exported_policy_loads_and_acts_in_the_lone_copied_file(tmp_path, mod
     env = SimpleNamespace(obs_size=obs_size, action_size=action_size, action_low=np.array([-2.0, 0.0]),
                           action_high=np.array([2.0, 1.0]))
     written = policy_export.save(tmp_path, 40, state, agent, env, module.POLICY_FIELDS,
-                                 dict(algo="x", seed=1, env="cartpole-balance"), several_seeds=False)
+                                 dict(algo="x", seed=1, env="cartpole-balance"), Layout(num_seeds=1))
     written.rename(tmp_path / "policy.msgpack")
     obs = np.zeros((1, obs_size), np.float32)
     np.save(tmp_path / "expected_action.npy", np.asarray(agent.act(state, obs, jax.random.key(0), True)))
@@ -105,20 +109,21 @@ def test_an_exported_policy_loads_and_acts_in_the_lone_copied_file(tmp_path, mod
 @pytest.mark.parametrize("make_agent, args", [(flowrl.make_flowrl, TINY), (sac.make_sac, SAC_TINY)],
                          ids=["flowrl", "sac"])
 def test_a_harness_update_is_the_public_update_on_the_harness_batch(make_agent, args):
-    """The chunk scans Trainer.update, which draws a batch from the replay and calls the algorithm's `update`; the
+    """The chunk scans the harness's update, which draws a batch from the replay and calls the algorithm's `update`; the
     same batch and key through the public function give identical parameters, bit for bit."""
-    env = BatchedEnv(args.env, args.num_envs, episode_length=args.episode_length)
-    trainer = training.make_trainer(*args.split(), make_agent, env,
-                                    BatchedEnv(args.env, args.eval_episodes, episode_length=args.episode_length))
+    env = BatchedEnv(resolve_task(args.env), args.num_envs, episode_length=args.episode_length)
+    trainer = training.build_trainer(resolve(args), make_agent, env,
+                                    BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=args.episode_length))
     state = trainer.init(jax.random.key(0))
     for _ in range(5):  # 20 transitions stored, and one update per chunk from step 16 on
         state, _ = trainer.chunk(state)
     assert int(state.learner.updates) == 2 * args.updates_per_iteration
     key = jax.random.key(11)
-    through_harness, harness_metrics = jax.device_get(jax.jit(trainer.update)(state, key))
+    spec = resolve(args).spec
+    through_harness, harness_metrics = jax.device_get(jax.jit(make_update(spec, trainer.agent))(state, key))
 
     batch_key, update_key = jax.random.split(key)
-    batch = training.sample_batch(trainer.agent, state.buffer, batch_key, args.batch_size)
+    batch = sample_batch(spec, trainer.agent, state.buffer, batch_key)
     assert batch["obs"].shape == (args.batch_size, env.obs_size) and batch["action"].shape[1] == env.action_size
     public, public_metrics = jax.device_get(jax.jit(trainer.agent.update)(state.learner, batch, update_key))
     for found, expected in zip(jax.tree.leaves(through_harness.learner), jax.tree.leaves(public)):

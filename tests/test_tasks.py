@@ -1,4 +1,4 @@
-"""Task names across the four backends (common.tasks): resolution, backend choice, errors and `--env list`.
+"""Task names across the four backends (common.envs.tasks): resolution, backend choice, errors and `--env list`.
 No physics is compiled here."""
 
 import pathlib
@@ -7,9 +7,15 @@ import sys
 
 import pytest
 
-from common.envs import resolve_env_name
-from common.tasks import (BACKENDS, ENV_NAMES, Task, UnknownEnvError, all_tasks, dm_control_suite, format_task_list,
-                          library_tasks, measure_sizes, resolve_task, task_sizes)
+from benchmarks.task_table import library_tasks, measure_sizes
+from common.envs.host import dm_control_suite
+from common.envs.tasks import (BACKENDS, ENV_NAMES, Task, UnknownEnvError, all_tasks, format_task_list, resolve_task,
+                               task_sizes)
+
+
+def resolve_env_name(name: str) -> str:
+    """The Playground name of a task name, as the playground backend resolves it."""
+    return resolve_task(name, "playground").source
 
 
 def test_env_names_cover_all_playground_dmc_tasks_once():
@@ -82,7 +88,7 @@ def test_task_list_has_every_task_with_its_backend():
 
 def test_name_checks_do_not_import_physics():
     # `--env list` and a typo must fail fast, before the seconds-long import of every MJX task module
-    code = ("import sys; from common.tasks import format_task_list, resolve_task; format_task_list();"
+    code = ("import sys; from common.envs.tasks import format_task_list, resolve_task; format_task_list();"
             "resolve_task('humanoid-walk'); resolve_task('dog-run');"
             "assert 'mujoco_playground' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[1])
@@ -108,7 +114,7 @@ def test_env_list_prints_no_library_warnings():
 
 
 def test_a_bad_name_is_refused_without_importing_any_simulator():
-    code = ("import sys; from common.tasks import resolve_task\n"
+    code = ("import sys; from common.envs.tasks import resolve_task\n"
             "try:\n    resolve_task('humanoid-wlk')\nexcept ValueError as e:\n    assert 'humanoid-walk' in str(e)\n"
             "resolve_task('Ant-v4'); resolve_task('dog-run'); resolve_task('myoHandPoseRandom-v0')\n"
             "loaded = {'mujoco', 'mujoco_playground', 'dm_control', 'gymnasium', 'myosuite'} & set(sys.modules)\n"

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
-from common import cli, play, training
-from common.cli import parse_video_size
-from common.plotting import read_eval_csv
+from common.run import cli, play, training
+from common.run.args import parse_video_size
+from common.run.plotting import read_eval_csv
+from common.run.args import resolve
+from common.run.args import RunArgs
 from tests.test_flowrl_train import TINY
 from tests.test_host_envs import HOST
 
@@ -36,7 +38,7 @@ def decode(path) -> np.ndarray:
 
 
 def train(args, run_root):
-    training.run(dataclasses.replace(args, run_root=str(run_root)), flowrl.make_flowrl, "flowrl", POLICY_FIELDS)
+    training.run(resolve(dataclasses.replace(args, run_root=str(run_root))), flowrl.make_flowrl, "flowrl", POLICY_FIELDS)
     (run_dir,) = run_root.iterdir()
     return run_dir
 
@@ -61,7 +63,7 @@ def test_play_returns_what_the_evaluation_returned(tiny_run, capsys):
     args, filmed_steps, run_dir = tiny_run
     with (run_dir / "eval.csv").open(newline="") as f:
         logged = {int(row["step"]): row["returns"] for row in csv.DictReader(f)}  # each episode's, as %.6g
-    play_args = dataclasses.replace(cli.RunArgs(), eval_mode="deterministic", video_size="32x24")
+    play_args = dataclasses.replace(RunArgs(), eval_mode="deterministic", video_size="32x24")
     oldest_checkpoint = sorted((run_dir / "checkpoints").glob("checkpoint_*.msgpack"))[0]
     oldest_step = int(oldest_checkpoint.stem.split("_")[1])
     for target, step in [(run_dir, filmed_steps[-1]), (oldest_checkpoint, oldest_step)]:  # the newest, an older
@@ -113,7 +115,7 @@ def test_the_exported_policy_is_small_follows_the_checkpoints_and_refuses_damage
     with pytest.raises(ValueError, match="not a valid exported policy"):
         flowrl.load_policy(truncated)
     with pytest.raises(SystemExit) as stop:
-        play.main(dataclasses.replace(cli.RunArgs(), play=str(damaged)), flowrl.load_policy)
+        play.main(dataclasses.replace(RunArgs(), play=str(damaged)), flowrl.load_policy)
     assert stop.value.code == 2 and "checksum mismatch" in capsys.readouterr().err
 
 

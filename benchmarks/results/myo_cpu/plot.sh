@@ -8,7 +8,7 @@ python - <<'PY'
 import csv
 from pathlib import Path
 
-from common.plotting import read_eval_csv
+from common.run.plotting import read_eval_csv
 
 for algo in ("flowrl", "sac"):
     run = max(Path(f"runs/myo_cpu/{algo}").glob("*/eval.csv"), key=lambda p: p.stat().st_mtime)

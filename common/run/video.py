@@ -1,7 +1,7 @@
 """Evaluation videos: env 0's episode of an evaluation, recorded inside the compiled evaluation and rendered on the
 host between chunks (docs/videos.md).
 
-The compiled evaluation only records the state (common.evaluation's `record`): Playground's qpos, qvel and mocap
+The compiled evaluation only records the state (common.core.evaluation's `record`): Playground's qpos, qvel and mocap
 poses per step; a host env keeps env 0's MuJoCo integration state per step on the host. Rendering poses a MuJoCo
 model with each step's state and draws it with `mujoco.Renderer`, headless through EGL or OSMesa (`MUJOCO_GL`); the
 frames are encoded as H.264 by imageio-ffmpeg's bundled ffmpeg. Where either is missing the run warns once and
@@ -21,7 +21,7 @@ import jax
 import mujoco
 import numpy as np
 
-from common.envs import BatchedEnv
+from common.envs.playground import BatchedEnv
 
 
 class Scene(NamedTuple):

@@ -14,8 +14,13 @@ from typing import Callable
 import jax
 import numpy as np
 
-from common import policy_export, training, video
-from common.cli import RunArgs, parse_video_size
+from common.core.layout import Layout
+from common.core.trainer import make_policy_evaluator
+from common.envs.make import make_env
+from common.envs.tasks import resolve_task
+from common.run import policy_export, video
+from common.run.args import RunArgs, parse_video_size
+from common.run.callbacks import eval_modes_of, evaluation_key
 
 
 def main(args: RunArgs, load_policy: Callable) -> dict[str, np.ndarray]:
@@ -28,10 +33,9 @@ def main(args: RunArgs, load_policy: Callable) -> dict[str, np.ndarray]:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
     run, step = metadata["run"], metadata["step"]
-    env = training.make_env(run["env"], run["backend"], args.play_episodes or run["eval_episodes"],
-                            physics=run["physics"], episode_length=run["episode_length"],
-                            host_threads=args.host_threads)
-    evaluate = training.make_policy_evaluator(agent, env, record=True)
+    env = make_env(resolve_task(run["env"], run["backend"]), args.play_episodes or run["eval_episodes"],
+                   physics=run["physics"], episode_length=run["episode_length"], host_threads=args.host_threads)
+    evaluate = make_policy_evaluator(agent, env, record=True)
 
     def evaluate_one_seed(learner, key, deterministic):  # filmed_episode takes a leading seed axis
         return jax.tree.map(lambda x: x[None], evaluate(learner, key, deterministic))
@@ -42,13 +46,13 @@ def main(args: RunArgs, load_policy: Callable) -> dict[str, np.ndarray]:
         print(f"warning: no video: {problem}", file=sys.stderr, flush=True)
     run_dir = path.parent.parent
     videos = run_dir / "videos" if (run_dir / "config.json").is_file() else path.parent
-    seed_eval_key = training.seed_keys(metadata["seed"], 1)[1][0]
-    run_modes, played = training.eval_modes_of(run["eval_mode"]), {}
-    for mode in training.eval_modes_of(args.eval_mode):
+    seed_eval_key = Layout(num_seeds=1).seed_keys(metadata["seed"])[1][0]
+    run_modes, played = eval_modes_of(run["eval_mode"]), {}
+    for mode in eval_modes_of(args.eval_mode):
         # The key of the run's own evaluation in this mode; a mode that the run did not evaluate takes the index it
         # has under `--eval-mode both`.
-        index = run_modes.index(mode) if mode in run_modes else training.eval_modes_of("both").index(mode)
-        key = training.evaluation_key(seed_eval_key, step, index)
+        index = run_modes.index(mode) if mode in run_modes else eval_modes_of("both").index(mode)
+        key = evaluation_key(seed_eval_key, step, index)
         episodes, scene = video.filmed_episode(env, evaluate_one_seed, learner, key, mode == "deterministic",
                                                film=problem is None)
         played[mode] = returns = episodes.returns[0]

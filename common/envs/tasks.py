@@ -1,12 +1,12 @@
 """Task names across the four backends, resolved before anything heavy is imported or compiled.
 
-- `playground`: MuJoCo Playground's MJX ports of DM Control (common.envs), stepped on the accelerator.
+- `playground`: MuJoCo Playground's MJX ports of DM Control (common.envs.playground), stepped on the accelerator.
 - `dm_control`: the original DM Control suite (CPU MuJoCo), dog included; the tasks of the FlowRL paper.
 - `gymnasium`: Gymnasium's MuJoCo tasks, v4 and v5 (`Ant-v4`, `Humanoid-v5`, ...).
 - `myosuite`: MyoSuite's ten musculoskeletal hand tasks of the published benchmark, by their ids
   (`myoHandReachRandom-v0`, ...), scored by success rate (docs/myosuite.md).
-The last three are stepped on the host, inside the compiled chunk (common.host_envs); common.training.make_env builds
-the env of a resolved task.
+The last three are stepped on the host, inside the compiled chunk (common.envs.host); common.envs.make builds the env
+of a resolved task.
 
 Names are case- and `_`/`-`-insensitive: `humanoid-walk`, `humanoid_CMU-run`, `ant-v4`. DM Control tasks are named
 `domain-task`, all lower case and hyphenated (`ball-in-cup-catch`, `point-mass-easy`). With `--backend auto` a name
@@ -21,7 +21,7 @@ import functools
 import importlib.util
 from typing import NamedTuple
 
-from common.task_table import TASKS
+from common.envs.task_table import TASKS
 
 BACKENDS = ("playground", "dm_control", "gymnasium", "myosuite")
 
@@ -43,27 +43,7 @@ class UnknownEnvError(ValueError):
     """An --env value that names no task of the chosen backend."""
 
 
-def dm_control_suite():
-    """dm_control.suite, set up for a headless machine. Training never renders, but quadruped-escape uploads its
-    terrain through an OpenGL context at each reset: without a display, dm_control would pick GLFW (importable, but
-    unable to open a context), so EGL, or else OSMesa, is chosen where its library exists and MUJOCO_GL is unset.
-    The warning that GLFW prints on stderr without a display is silenced."""
-    import ctypes.util
-    import os
-    import warnings
-
-    if "MUJOCO_GL" not in os.environ and "DISPLAY" not in os.environ:
-        for backend, library in (("egl", "EGL"), ("osmesa", "OSMesa")):
-            if ctypes.util.find_library(library):
-                os.environ["MUJOCO_GL"] = backend
-                break
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*DISPLAY")
-        from dm_control import suite
-    return suite
-
-
-def _normalise(name: str) -> str:
+def normalise(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
@@ -83,30 +63,10 @@ def _tasks(backend: str) -> dict[str, Task]:
     """Normalised spelling -> Task, for one backend, from the literal table (no simulator is imported)."""
     if backend != "myosuite" and not installed(PACKAGES[backend]):
         return {}
-    tasks = {_normalise(name): Task(name, backend, source) for name, owner, source, _, _ in TASKS if owner == backend}
+    tasks = {normalise(name): Task(name, backend, source) for name, owner, source, _, _ in TASKS if owner == backend}
     if backend == "playground":  # Playground's own names work too; they contain no '_' or '-', so cannot collide
         tasks.update({task.source.lower(): task for task in list(tasks.values())})
     return tasks
-
-
-def library_tasks(backend: str) -> list[Task]:
-    """The tasks as the installed library lists them (imports it): what the literal table must equal."""
-    if backend == "playground":
-        from mujoco_playground import dm_control_suite as playground
-
-        names = {pg: dm for dm, pg in ENV_NAMES.items()}
-        return [Task(names.get(pg, pg), backend, pg) for pg in playground.ALL_ENVS]
-    if backend == "myosuite":
-        import myosuite
-
-        return [Task(i, backend, i) for i in MYOSUITE_BENCHMARK if i in myosuite.myosuite_myobase_suite]
-    if backend == "dm_control":
-        return [Task(_normalise(f"{d}-{t}"), backend, f"{d}-{t}") for d, t in dm_control_suite().ALL_TASKS]
-    import gymnasium
-
-    # v2/v3 need the retired mujoco-py, and Pusher-v4 refuses mujoco >= 3 (Gymnasium issue 950).
-    return [Task(i, backend, i) for i, spec in gymnasium.registry.items()
-            if "mujoco" in str(spec.entry_point) and i.endswith(("-v4", "-v5")) and i != "Pusher-v4"]
 
 
 def resolve_task(name: str, backend: str = "auto") -> Task:
@@ -114,7 +74,7 @@ def resolve_task(name: str, backend: str = "auto") -> Task:
     matches, or with the backends that do have the task."""
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
-    key = _normalise(name)
+    key = normalise(name)
     for candidate in BACKENDS if backend == "auto" else (backend,):
         if key in _tasks(candidate):
             return _tasks(candidate)[key]
@@ -156,22 +116,3 @@ def format_task_list() -> str:
     widths = [max(len(row[i]) for row in rows + [("task", "backend", "backend's name")]) + 2 for i in range(3)]
     header = "".join(f"{cell:<{w}}" for cell, w in zip(("task", "backend", "backend's name"), widths)) + "sizes"
     return "\n".join([header] + ["".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + row[3] for row in rows])
-
-
-def measure_sizes(task: Task) -> tuple[int, int]:
-    """(observation size, action size) of one env of the task, built (seconds each)."""
-    if task.backend == "playground":
-        from common.envs import BatchedEnv
-
-        env = BatchedEnv(task.source, 1)
-    else:
-        from common.host_envs import HostBatchedEnv
-
-        env = HostBatchedEnv(task, 1, episode_length=1000)  # the LQR tasks have no time limit of their own
-    return env.obs_size, env.action_size
-
-
-if __name__ == "__main__":  # the literal table's rows, from the installed libraries
-    for backend in BACKENDS:
-        for task in library_tasks(backend):
-            print(f"    {(task.name, backend, task.source, *measure_sizes(task))!r},".replace("'", '"'))

@@ -1,10 +1,10 @@
-"""The contract between an algorithm, the envs and the harness: everything common/training.py relies on, in one place.
+"""The contract between an algorithm, the envs and the harness: everything the harness relies on, in one place.
 
 An algorithm file (flowrl_jax.py, sac_jax.py, or a user's own) provides a config dataclass and
 `make(config, obs_size, action_size) -> Algorithm`. It imports nothing of this repository: `Algorithm` is a Protocol,
 so any object with these members conforms (a NamedTuple is the usual choice). The envs are `VectorEnv`s: Playground's
-MJX tasks (common.envs.BatchedEnv) and the host-stepped dm_control/Gymnasium/MyoSuite tasks
-(common.host_envs.HostBatchedEnv).
+MJX tasks (common.envs.playground.BatchedEnv) and the host-stepped dm_control/Gymnasium/MyoSuite tasks
+(common.envs.host.HostBatchedEnv).
 
 The harness owns everything else: the envs, the replay buffer and how its rows are laid out, the train state, the
 compiled chunk, logging, evaluation and checkpoints. Batches reach `update` as a dict of arrays:
@@ -55,6 +55,8 @@ class Algorithm(Protocol):
     """(fraction, window): that share of each batch is drawn uniformly from the `window` newest transitions and the
     rest uniformly from the whole replay (its window flag is `--recent-window`); None draws the whole batch
     uniformly."""
+    progress_metric: str | None
+    """The metric that the progress bar shows beside the evaluation (None: none)."""
 
 
 MakeAlgorithm = Callable[[Any, int, int], Algorithm]

@@ -199,13 +199,6 @@ def _read(path: Path) -> tuple[dict, list[np.ndarray]]:
     return header, list(arrays.values())
 
 
-def read_leaves(path: Path) -> dict[str, np.ndarray]:
-    """{"leaf_<i>": array} of a checkpoint as stored (see the module docstring), after its format and checksum are
-    verified; no template needed. For comparing checkpoints array by array."""
-    header, stored = _read(Path(path))
-    return {f"leaf_{i}": array for i, array in enumerate(stored)}
-
-
 def read_by_path(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """({leaf path as jax.tree_util.keystr writes it, e.g. ".learner.q['params']['Dense_0']['kernel']": the array as
     stored}, the metadata saved with it) of a verified checkpoint: parts of a run's state, without its template."""
@@ -269,13 +262,6 @@ def to_state(contents: Contents, template) -> object:
         for entry, array, like in zip(contents.header["leaves"], contents.stored, likes)
     ]
     return jax.tree.unflatten(jax.tree.structure(template), leaves)
-
-
-def load(path: Path, template) -> tuple[object, dict]:
-    """(state, metadata) from a checkpoint, whose leaves must match `template` (a state or its jax.eval_shape) exactly.
-    The format, checksum and structure are verified first; any problem raises CheckpointError."""
-    contents = read(path)
-    return to_state(contents, template), contents.metadata
 
 
 def step_of(path: Path) -> int | None:

@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from flax import serialization, traverse_util
 
+from common.core.layout import Layout
+
 FORMAT = "flowrl-jax-policy/1"
 _NAME = re.compile(r"policy_(\d+)\.msgpack")
 
@@ -51,11 +53,10 @@ def policy_path(checkpoint_path: Path) -> Path:
 
 
 def save(directory: Path, step: int, learner, agent, env, fields: tuple[str, ...], run_config: dict,
-         several_seeds: bool) -> Path:
-    """Write directory/policy_<step>.msgpack atomically, then delete the other policy files whose checkpoint is gone
-    (so that they follow the checkpoints' `--keep-checkpoints`)."""
-    first_seed = (lambda leaf: leaf[0]) if several_seeds else (lambda leaf: leaf)
-    exported = {name: serialization.to_state_dict(jax.tree.map(lambda leaf: np.asarray(first_seed(leaf)),
+         layout: Layout) -> Path:
+    """Write directory/policy_<step>.msgpack atomically (the first seed's policy), then delete the other policy files
+    whose checkpoint is gone (so that they follow the checkpoints' `--keep-checkpoints`)."""
+    exported = {name: serialization.to_state_dict(jax.tree.map(lambda leaf: np.asarray(layout.first_seed(leaf)),
                                                                jax.device_get(getattr(learner, name))))
                 for name in fields if getattr(learner, name) is not None}
     metadata = json.dumps(dict(

@@ -25,7 +25,7 @@ class StopWatcher:
     """Installed once per process, before anything slow; the training loop tells it what a stop would lose."""
 
     def __init__(self, peers: bool = False):
-        self.peers = peers                 # other processes share the run (common.processes)
+        self.peers = peers                 # other processes share the run (common.run.processes)
         self.requested: int | None = None  # the first signal's number, once it is answered after a chunk
         self.unsaved = False               # a chunk finished since the last checkpoint
         self.chunk_seconds: float | None = None
@@ -45,7 +45,8 @@ class StopWatcher:
 
     def _answer(self, signum: signal.Signals) -> None:
         if self.requested is not None:
-            self._exit(signum, f"{signum.name} again: stopping now; last good checkpoint: {self.last_checkpoint}")
+            self._exit(signum, f"{signum.name} again: stopping now; last good checkpoint: "
+                                f"{self.last_checkpoint or 'none was written yet'}")
         if not self.unsaved and not self.peers:
             where = f"the last checkpoint ({self.last_checkpoint})" if self.last_checkpoint else "the start"
             self._exit(signum, f"{signum.name}: nothing new to save since {where}; exiting")

@@ -2,7 +2,7 @@
 
 Literal, so that a task name is checked and `--env list` is printed without importing any simulator.
 tests/test_tasks.py keeps the names equal to the libraries' own lists and checks sizes against built envs;
-`python -m common.tasks` prints the table anew from the installed libraries.
+`python -m benchmarks.task_table` prints the table anew from the installed libraries.
 """
 
 TASKS: tuple[tuple[str, str, str, int, int], ...] = (

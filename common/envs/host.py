@@ -1,9 +1,9 @@
 """Tasks stepped on the host (dm_control, Gymnasium MuJoCo, MyoSuite) as one batch of E envs with jittable reset/step.
 
-`HostBatchedEnv` has the interface of common.envs.BatchedEnv, so the harness and the algorithms cannot tell the
+`HostBatchedEnv` has the interface of common.envs.playground.BatchedEnv, so the harness and the algorithms cannot tell the
 backends apart: reset(key) and step(state, action) are pure-looking JAX functions whose work happens in one
 `jax.experimental.io_callback` per call, inside the compiled chunk. The env objects live on the host in a pool,
-indexed by position. Under jax.vmap over seeds the seed axis folds into the env axis (common.envs.fold_vmapped_axis),
+indexed by position. Under jax.vmap over seeds the seed axis folds into the env axis (common.envs.playground.fold_vmapped_axis),
 so one callback steps the envs of every seed: seed k's envs are positions k·E … k·E+E−1, seeded from seed k's key.
 
 Semantics, the same as the Playground backend's:
@@ -30,7 +30,6 @@ import inspect
 import math
 import os
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import flax.struct
@@ -41,9 +40,9 @@ import numpy as np
 from jax.experimental import io_callback
 
 from common.checks import require_positive
-from common.contract import StepOutput
-from common.envs import fold_vmapped_axis
-from common.tasks import dm_control_suite, require_installed
+from common.core.contract import StepOutput
+from common.envs.playground import fold_vmapped_axis
+from common.envs.tasks import require_installed
 
 # MjData arrays that the tasks' observation and reward code may read before the next physics step recomputes them:
 # after a step they describe the last substep's state (Gymnasium) or its accelerations (dm_control), which cannot
@@ -64,6 +63,26 @@ _DM_CONTROL_MODEL_FIELDS = (
 _MYOSUITE_MODEL_FIELDS = ("site_pos", "site_size", "body_pos", "body_quat", "geom_size", "geom_aabb", "geom_rbound",
                           "dof_length")
 _INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
+
+
+def dm_control_suite():
+    """dm_control.suite, set up for a headless machine. Training never renders, but quadruped-escape uploads its
+    terrain through an OpenGL context at each reset: without a display, dm_control would pick GLFW (importable, but
+    unable to open a context), so EGL, or else OSMesa, is chosen where its library exists and MUJOCO_GL is unset.
+    The warning that GLFW prints on stderr without a display is silenced."""
+    import ctypes.util
+    import os
+    import warnings
+
+    if "MUJOCO_GL" not in os.environ and "DISPLAY" not in os.environ:
+        for backend, library in (("egl", "EGL"), ("osmesa", "OSMesa")):
+            if ctypes.util.find_library(library):
+                os.environ["MUJOCO_GL"] = backend
+                break
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*DISPLAY")
+        from dm_control import suite
+    return suite
 
 
 def _integration_state(model, data) -> np.ndarray:
@@ -291,7 +310,6 @@ class _Pool:
         self.calls = 0
         self.warned = False
         self.recording = None  # a list while an evaluation video is filmed: env 0's scene before each step
-        self.step_seconds = 0.0  # wall time in step(): the host's share of training (benchmarks/host_throughput.py)
         # Each env's snapshot row: its state arrays, then its episode step.
         self.layout = [(a.shape, a.dtype) for a in map(np.asarray, first.state_arrays())] + [((1,), np.dtype(np.int64))]
         self.snapshot_bytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.layout)
@@ -313,7 +331,6 @@ class _Pool:
         return obs, self._sync()
 
     def step(self, sync: np.ndarray, actions: np.ndarray):
-        start = time.perf_counter()
         self._check(sync)
         if self.recording is not None:
             self.recording.append(self.envs[0].scene_arrays())
@@ -331,7 +348,6 @@ class _Pool:
             self._step_range(ranges[0], actions, out)
         else:
             list(self._executor().map(lambda envs: self._step_range(envs, actions, out), ranges))
-        self.step_seconds += time.perf_counter() - start
         return dict(out, sync=self._sync())
 
     def _step_range(self, indices: range, actions: np.ndarray, out: dict) -> None:
@@ -406,9 +422,8 @@ class HostEnvState:
 
 class HostBatchedEnv:
     """E copies of one dm_control, Gymnasium or MyoSuite task stepped on the host, with the interface of
-    common.envs.BatchedEnv. Actions are not clipped: pass them within [action_low, action_high]. `threads` step the
-    envs (0: one per CPU core); measured on 2 cores, two threads step 16 envs of dog-run 1.25x and of Ant-v4 1.7x
-    faster than one (benchmarks/results/host_throughput_cpu.csv)."""
+    common.envs.playground.BatchedEnv. Actions are not clipped: pass them within [action_low, action_high].
+    `threads` step the envs (0: one per CPU core): MuJoCo releases the GIL while it simulates."""
 
     def __init__(self, task, num_envs: int, episode_length: int | None = None, threads: int = 0):
         require_positive("num_envs", num_envs)
@@ -476,7 +491,7 @@ class HostBatchedEnv:
         self.pool.restore(snapshot, np.asarray(state.sync).reshape(-1))
 
     def first_env_scene(self, state: HostEnvState) -> dict:
-        """Nothing: the host records env 0's scene itself while `recording` (common.evaluation's `record`)."""
+        """Nothing: the host records env 0's scene itself while `recording` (common.core.evaluation's `record`)."""
         return {}
 
     def start_recording(self) -> None:

@@ -1,8 +1,7 @@
 """DM Control tasks from MuJoCo Playground (MJX) as one batch of E envs with pure, jittable reset/step.
 
-Names are dm_control style, all lower case and hyphenated (`humanoid-walk`, `ball-in-cup-catch`,
-`point-mass-easy`); dm_control's own spellings with underscores (`point_mass-easy`, `finger-turn_easy`) and the
-Playground names (`HumanoidWalk`) are accepted too. common.tasks resolves names across all backends.
+It takes a task that common.envs.tasks resolved (`resolve_task("humanoid-walk")`): the name is resolved once, on
+the command line, and the task flows down from there.
 
 Auto-reset keeps the true final observation: `step` returns s' of every transition in `StepOutput.next_obs` and
 only then resets the envs whose episode ended, so `EnvState.obs` is what the policy acts on next. Playground's own
@@ -20,15 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.checks import require_positive
-from common.contract import StepOutput
-from common.tasks import resolve_task
+from common.core.contract import StepOutput
+from common.envs.tasks import Task
 
 PHYSICS_BACKENDS = ("jax", "warp")
-
-
-def resolve_env_name(name: str) -> str:
-    """Playground name for a dm_control-style or Playground task name; raises UnknownEnvError otherwise."""
-    return resolve_task(name, "playground").source
 
 
 @flax.struct.dataclass
@@ -88,8 +82,8 @@ def fold_vmapped_axis(fn):
 def _lazy_reset(reset_physics):
     """reset_done(done [E], physics, rng [E]) -> (physics, rng): fresh resets where done, computed only if any is.
 
-    A reset costs an mjx.forward per env, and some tasks simulate more in it (cheetah-run settles for 200 physics
-    steps: measured 150x the cost of a step), so it runs under lax.cond(any(done)). DMC episodes all end together by
+    A reset costs an mjx.forward per env, and some tasks simulate far more in it (cheetah-run settles for 200 physics
+    steps), so it runs under lax.cond(any(done)). DMC episodes all end together by
     time limit, so resets run once per episode_length steps. Under jax.vmap (e.g. over seeds) a batched cond predicate
     would turn the cond into a select that computes the resets on every step, so fold_vmapped_axis keeps one cond over
     all envs of all seeds.
@@ -117,8 +111,9 @@ class BatchedEnv:
     Actions are not clipped: pass them within [action_low, action_high].
     """
 
-    def __init__(self, name: str, num_envs: int, physics: str = "jax", episode_length: int | None = None):
-        task = resolve_task(name, "playground")
+    def __init__(self, task: Task, num_envs: int, physics: str = "jax", episode_length: int | None = None):
+        if task.backend != "playground":
+            raise ValueError(f"BatchedEnv steps Playground tasks; {task.name} is {task.backend}'s")
         self.name, self.playground_name = task.name, task.source
         self.backend, self.backend_task = "playground", self.playground_name
         require_positive("num_envs", num_envs)
@@ -130,7 +125,7 @@ class BatchedEnv:
         _patch_mujoco_for_playground()
         from mujoco_playground import dm_control_suite  # heavy import (all MJX task modules): only when used
 
-        # Playground 0.2.0 defaults to impl="warp"; on CPU the JAX physics is ~5x faster, so always choose.
+        # Playground 0.2.0 defaults to impl="warp", which is much slower on a CPU and needs warp: always choose.
         config = dm_control_suite.get_default_config(self.playground_name)
         self.env = dm_control_suite.load(self.playground_name, config=config, config_overrides={"impl": physics})
         if jax.process_count() > 1:  # MJX put the model on jax.devices()[0], which another process owns
@@ -203,7 +198,7 @@ class BatchedEnv:
         return float(self.env.dt) * self.action_repeat
 
     def first_env_scene(self, state: EnvState) -> dict:
-        """What a video frame of env 0 needs from the state (common.evaluation's `record`): its positions and
+        """What a video frame of env 0 needs from the state (common.core.evaluation's `record`): its positions and
         velocities, and its mocap poses where the task moves mocap bodies (reacher's target)."""
         data = state.physics.data
         scene = dict(qpos=data.qpos[0], qvel=data.qvel[0])

@@ -10,7 +10,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from common.plotting import plot_learning_curve, read_eval_csv
+from common.run.plotting import plot_learning_curve, read_eval_csv
 
 
 def make_run_dir(root: str | Path, env_name: str, backend: str, algo: str, seed: int | str) -> Path:
@@ -71,7 +71,7 @@ def eval_summary(returns: np.ndarray, success: np.ndarray | None = None) -> dict
 
 class QuietLogger:
     """RunLogger's interface, writing nothing: the logger of a run's processes other than 0, which alone writes the
-    run directory (common.processes)."""
+    run directory (common.run.processes)."""
 
     def log_train(self, step: int, metrics: dict[str, float], seed: int | None = None) -> None:
         pass

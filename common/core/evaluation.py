@@ -7,7 +7,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from common.contract import VectorEnv
+from common.core.contract import VectorEnv
 
 
 class Episodes(NamedTuple):

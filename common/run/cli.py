@@ -22,101 +22,14 @@ from typing import Annotated, Literal
 import jax
 import tyro
 
-from common import devices, processes, resume, stopping
 from common.checks import flag, require_positive
-from common.resources import check_run_root
-from common.contract import MakeAlgorithm
-from common.policy_export import PolicyFile
-from common.tasks import format_task_list, require_installed, resolve_task
-
-
-@dataclasses.dataclass
-class RunArgs:
-    env: str = "humanoid-walk"
-    """Task: DM Control style (`humanoid-walk`, `dog-run`, ...), Gymnasium (`Ant-v4`) or MyoSuite
-    (`myoHandReachRandom-v0`); `list` prints all of them with their backends."""
-    backend: Literal["auto", "playground", "dm_control", "gymnasium", "myosuite"] = "auto"
-    """Where the task comes from: `playground` (MJX ports of DM Control, on the accelerator), `dm_control` (the
-    original suite, stepped on the host), `gymnasium` (MuJoCo tasks, on the host) or `myosuite` (musculoskeletal hand
-    tasks, on the host). `auto`: the first of these that has the task, so Playground wherever it has a port. The
-    chosen backend is saved in config.json."""
-    seed: int = 1
-    """Random seed: network init, noise, environment resets."""
-    num_seeds: int = 1
-    """S: independent seeds `seed … seed+S-1` trained together in one program (jax.vmap over the train state); each
-    equals a single run with that seed. Metrics rows carry a seed column."""
-    num_envs: int = 128
-    """E: environments stepped together on the device."""
-    devices: int = 1
-    """D: devices the run spreads over (0: all of them, every process's). Several seeds are split across them (S a
-    multiple of D), or with `--data-parallel` one seed's envs and replay are; docs/devices.md."""
-    data_parallel: bool = False
-    """With `--devices D`: split one seed's envs, replay and batch over the D devices, with parameters replicated
-    and gradients averaged (num-envs, batch-size and buffer-size multiples of D)."""
-    total_steps: int = 1_000_000
-    """Environment steps to train for, all envs together (rounded up to whole chunks)."""
-    updates_per_iteration: int = 8
-    """U: gradient updates after each step of all E envs (update-to-data ratio U/E)."""
-    batch_size: int = 512
-    """Transitions per gradient update."""
-    buffer_size: int = 1_000_000
-    """Replay capacity in transitions."""
-    start_steps: int = 5_000
-    """Env steps of uniform random actions before learning starts."""
-    physics: Literal["jax", "warp"] = "jax"
-    """MJX physics implementation for the playground backend (`jax` is ~5x faster than warp on CPU)."""
-    host_threads: int = 0
-    """Threads that step a host backend's envs (0: one per CPU core); results do not depend on it."""
-    episode_length: int | None = None
-    """Time limit in env steps (default: the task's own, 1000 for DMC)."""
-    eval_interval: int = 10_000
-    """Env steps between evaluations."""
-    eval_episodes: int = 5
-    """Evaluation episodes, run in parallel on separate envs."""
-    eval_mode: Literal["stochastic", "deterministic", "both"] = "stochastic"
-    """Policy noise at evaluation: `stochastic` samples as in training, `deterministic` uses the noise mean."""
-    log_interval: int = 5_000
-    """Env steps per compiled chunk: metrics, progress bar and checks happen between chunks."""
-    run_root: str = "runs"
-    """Directory that run directories are created in."""
-    checkpoint_interval: int = 100_000
-    """Env steps between checkpoints of the whole train state (one is also written at the end and on SIGINT/SIGTERM)."""
-    keep_checkpoints: int = 2
-    """Newest checkpoints kept in the run directory."""
-    resume: str | None = None
-    """Continue a run: its run directory (newest checkpoint) or one checkpoint file. Its saved flags are the defaults;
-    only safe ones (total steps, evaluation, checkpointing, logging) may change."""
-    wandb: bool = False
-    """Also log to Weights & Biases (needs `pip install wandb`)."""
-    wandb_project: str = "flowrl-jax"
-    """W&B project name."""
-    video_interval: int = 0
-    """K: film one evaluation episode every K-th evaluation and at the end, into <run>/videos/<step>.mp4 and the
-    logs (0: no videos)."""
-    video_size: str = "320x240"
-    """Video frame size: WIDTHxHEIGHT, or a height alone (the width is 4/3 of it); both even."""
-    play: str | None = None
-    """Instead of training, replay an exported policy: a run directory (its newest), a checkpoint (the policy file
-    beside it) or a policy file; prints each episode's return and writes an mp4. `--eval-mode` picks the mode."""
-    play_episodes: int | None = None
-    """Episodes that `--play` runs (default: the run's `--eval-episodes`, so that deterministic returns equal the
-    run's own evaluation at that step)."""
-
-
-DEFAULT_ASPECT = 4 / 3  # width / height when --video-size gives the height alone (dm_control's 320×240)
-
-
-def parse_video_size(text: str) -> tuple[int, int]:
-    """(width, height) from `WIDTHxHEIGHT` or a height alone (width = 4/3 of it, rounded to even); both even, as
-    H.264's 4:2:0 colour needs, and within 16–4096. Raises ValueError naming the flag."""
-    try:
-        width, height = (int(part) for part in text.lower().split("x")) if "x" in text.lower() else (
-            2 * round(int(text) * DEFAULT_ASPECT / 2), int(text))
-    except ValueError:
-        raise ValueError(f"--video-size must be WIDTHxHEIGHT or a height, e.g. 320x240 or 240, got {text!r}") from None
-    if not all(16 <= side <= 4096 and side % 2 == 0 for side in (width, height)):
-        raise ValueError(f"--video-size: width and height must be even and within 16–4096, got {width}x{height}")
-    return width, height
+from common.core.contract import MakeAlgorithm
+from common.envs.tasks import format_task_list, require_installed, resolve_task
+from common.run import processes, resume, stopping
+from common.run.args import ResolvedRun, RunArgs, first_update_rows, parse_video_size, resolve
+from common.run.policy_export import PolicyFile
+from common.run.presets import PRESETS
+from common.run.resources import check_run_root
 
 
 def require_wandb() -> None:
@@ -127,9 +40,10 @@ def require_wandb() -> None:
         raise ValueError("--wandb needs the wandb package, which is not installed: pip install wandb") from e
 
 
-def validate_run_args(args: RunArgs) -> None:
-    """The checks every algorithm shares (env name, counts, and the E / U / batch / buffer consistency)."""
-    require_installed(resolve_task(args.env, args.backend))
+def validate_run_args(run: ResolvedRun) -> None:
+    """The checks every algorithm shares (env name, counts, devices, and the E / U / batch / buffer consistency)."""
+    args = run.args
+    require_installed(run.task)
     for name in ("num_seeds", "num_envs", "total_steps", "updates_per_iteration", "batch_size", "buffer_size",
                  "eval_interval", "eval_episodes", "log_interval", "checkpoint_interval", "keep_checkpoints"):
         require_positive(name, getattr(args, name))
@@ -155,12 +69,13 @@ def validate_run_args(args: RunArgs) -> None:
         require_positive("play_episodes", args.play_episodes)
 
 
-def validate_algorithm(args: RunArgs, config, make_agent: MakeAlgorithm) -> None:
+def validate_algorithm(run: ResolvedRun, make_agent: MakeAlgorithm) -> None:
     """The algorithm's checks of its config (its `make`, at sizes 1: nothing is built), and its batch recipe
     against the replay."""
-    agent = make_agent(config, 1, 1)
-    if agent.recent_share is not None and agent.recent_share[1] > args.buffer_size:
-        raise ValueError(f"--recent-window must be ≤ --buffer-size={args.buffer_size}, got {agent.recent_share[1]}")
+    agent = make_agent(run.config, 1, 1)
+    if agent.recent_share is not None and agent.recent_share[1] > run.args.buffer_size:
+        raise ValueError(f"--recent-window must be ≤ --buffer-size={run.args.buffer_size}, got "
+                         f"{agent.recent_share[1]}")
 
 
 @functools.cache
@@ -178,10 +93,6 @@ def script_args(config_class: type) -> type:
                                       {"__doc__": config_class.__doc__, "split": split}))
 
 
-# The project's algorithm scripts, so that a flag of one given to another is named as the other's.
-SCRIPTS = {"flowrl_jax.py": ("flowrl_jax", "FlowRLConfig"), "sac_jax.py": ("sac_jax", "SACConfig")}
-
-
 def _script_flags(args_class: type) -> dict[str, dataclasses.Field]:
     """Every spelling of each flag (`--no-x` too for booleans) -> its field."""
     spellings = {}
@@ -192,11 +103,33 @@ def _script_flags(args_class: type) -> dict[str, dataclasses.Field]:
     return spellings
 
 
-def _scripts_with_flag(name: str) -> list[str]:
-    import importlib
+def declared_config_flags(script: Path) -> set[str] | None:
+    """The hyperparameter flags of another algorithm script, read from its source without running it: the fields
+    of the config class its `HARNESS_CONFIG = <class>` line declares (None where it declares none)."""
+    try:
+        tree = ast.parse(script.read_text())
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    declared = next((node.value.id for node in tree.body if isinstance(node, ast.Assign)
+                     and any(isinstance(t, ast.Name) and t.id == "HARNESS_CONFIG" for t in node.targets)
+                     and isinstance(node.value, ast.Name)), None)
+    if declared not in classes:
+        return None
+    spellings = set()
+    for node in classes[declared].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            spellings.add(flag(node.target.id))
+            if isinstance(node.annotation, ast.Name) and node.annotation.id == "bool":
+                spellings.add("--no-" + flag(node.target.id)[2:])
+    return spellings
 
-    return [script for script, (module, config) in SCRIPTS.items()
-            if name in _script_flags(script_args(getattr(importlib.import_module(module), config)))]
+
+def _scripts_with_flag(name: str, args_class: type) -> list[str]:
+    """The other algorithm scripts beside this one's (those that declare HARNESS_CONFIG) that have flag `name`."""
+    own = Path(inspect.getfile(args_class.__bases__[0])).resolve()  # the file of the algorithm's config class
+    return [script.name for script in sorted(own.parent.glob("*.py"))
+            if script != own and name in (declared_config_flags(script) or ())]
 
 
 def _value_error(name: str, annotation, value: str) -> str | None:
@@ -225,7 +158,7 @@ def check_command_line(args_class: type, argv: list[str]) -> None:
             continue
         name, _, inline = token.partition("=")
         if name not in spellings:
-            others = _scripts_with_flag(name)
+            others = _scripts_with_flag(name, args_class)
             if others:
                 raise ValueError(f"{name} is a flag of {' and '.join(others)}, not of {Path(sys.argv[0]).name}")
             close = difflib.get_close_matches(name, spellings, n=3)
@@ -240,6 +173,7 @@ def check_command_line(args_class: type, argv: list[str]) -> None:
 
 # How `--help` groups the run flags; the algorithm's config is one more group, "algorithm hyperparameters".
 HELP_GROUPS = {
+    "preset": ("preset",),
     "task and envs": ("env", "backend", "num_envs", "physics", "host_threads", "episode_length", "seed", "num_seeds"),
     "devices": ("devices", "data_parallel"),
     "replay and updates": ("updates_per_iteration", "batch_size", "buffer_size", "start_steps"),
@@ -251,6 +185,7 @@ HELP_GROUPS = {
 EXAMPLES = """examples:
   python {script} --env humanoid-walk                          128 MJX envs on the accelerator, 1 M env steps
   python {script} --env dog-run --num-seeds 5                  the original DM Control dog, 5 seeds at once
+  python {script} --env dog-run --preset paper                 the FlowRL reference code's protocol
   python {script} --resume runs/<run> --total-steps 2000000    continue a run from its last checkpoint"""
 
 
@@ -306,24 +241,79 @@ def parse_with_tyro(args_class: type, argv: list[str], defaults):
                          dataclasses.asdict(getattr(parsed, group)).items()})
 
 
-def check_placement(args: RunArgs) -> None:
-    """The device flags against this machine (common.devices), then `--devices 0` resolved to the count, as
-    config.json records it and a resume compares it."""
-    devices.check_args(args, args.backend)
-    if jax.process_count() > 1 and (args.video_interval or args.play):
+def nearest_multiples(value: int, of: int) -> str:
+    lower = value // of * of
+    return " or ".join(str(n) for n in (lower, lower + of) if n > 0)
+
+
+def check_devices(args: RunArgs, backend: str) -> None:
+    """The placement flags against this machine and the other flags (docs/devices.md); raises ValueError with one
+    line. Runs after jax.distributed is initialised, before anything compiles."""
+    if args.devices < 0:
+        raise ValueError(f"--devices must be ≥ 0 (0: every device), got {args.devices}")
+    visible, processes = jax.device_count(), jax.process_count()
+    count = args.devices or visible
+    if count > visible:
+        hint = (f"; on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count={count} makes {count} (they share "
+                f"its cores)" if jax.default_backend() == "cpu" else "")
+        raise ValueError(f"--devices {count}: only {visible} device{'s' * (visible > 1)} "
+                         f"({jax.devices()[0].device_kind}) {'are' if visible > 1 else 'is'} visible{hint}")
+    if processes > 1 and count != visible:
+        raise ValueError(f"--devices {args.devices}: with {processes} processes every device takes part; pass 0 or "
+                         f"{visible}")
+    if count > 1 and backend != "playground":
+        raise ValueError(f"--devices {count}: {backend} envs step on the host, which one device feeds (the host, not "
+                         f"the device, bounds their speed: docs/devices.md); use --num-seeds on one device, or a "
+                         f"playground task")
+    if args.data_parallel:
+        if args.num_seeds > 1:
+            raise ValueError(f"--data-parallel splits one seed over the devices; with --num-seeds {args.num_seeds} "
+                             f"drop it, and the seeds are split instead")
+        for name in ("num_envs", "batch_size", "buffer_size"):
+            value = getattr(args, name)
+            if value % count:
+                raise ValueError(f"--{name.replace('_', '-')} {value} does not split over {count} devices "
+                                 f"(--data-parallel); use {nearest_multiples(value, count)}")
+    elif count > 1:
+        if args.num_seeds == 1:
+            raise ValueError(f"--devices {count} with one seed: add --data-parallel to split its envs and replay, or "
+                             f"--num-seeds {count} to train {count} seeds")
+        if args.num_seeds % count:
+            raise ValueError(f"--num-seeds {args.num_seeds} does not split over {count} devices; use "
+                             f"{nearest_multiples(args.num_seeds, count)}")
+    if processes > 1 and (args.video_interval or args.play):
         raise ValueError("--video-interval and --play run in one process; film the run's exported policy "
                          "afterwards with --play")
-    args.devices = devices.device_count(args)
 
 
-def first_update_rows(args: RunArgs) -> int:
-    """Transitions stored when the first update draws its batch."""
-    # Updates start at the first iteration whose env-step count reaches start_steps (at least one iteration).
-    return min(max(-(-args.start_steps // args.num_envs), 1) * args.num_envs, args.buffer_size)
+def given_value(argv: list[str], name: str) -> str | None:
+    """The value given to flag `name` on the command line (`--name V` or `--name=V`), or None."""
+    for index, token in enumerate(argv):
+        if token == name and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith(name + "="):
+            return token.partition("=")[2]
+    return None
 
 
-def parse_args(args_class: type, make_agent: MakeAlgorithm, argv: list[str] | None = None):
-    """Parse flags; print the env list and exit for `--env list`; exit 2 with one line on any bad value.
+def preset_defaults(args_class: type, argv: list[str]):
+    """The script's defaults, with the values of the `--preset` given (for the task given) in their place."""
+    defaults = args_class()
+    name = given_value(argv, "--preset")
+    if name is None:
+        return defaults
+    if name not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    task = resolve_task(given_value(argv, "--env") or defaults.env, given_value(argv, "--backend") or defaults.backend)
+    fields = {field.name for field in dataclasses.fields(args_class)}
+    values = {flag_name: value for flag_name, value in PRESETS[name].values(task.name, task.backend).items()
+              if flag_name in fields}
+    return dataclasses.replace(defaults, preset=name, **values)
+
+
+def parse_args(args_class: type, make_agent: MakeAlgorithm, argv: list[str] | None = None) -> ResolvedRun:
+    """Parse flags, check them and resolve them (common.run.args.resolve); print the env list and exit for
+    `--env list`; exit 2 with one line on any bad value.
 
     With `--resume RUN`, the run's saved flags are the defaults, and a flag given now that would change the meaning
     of the saved train state is refused with the list of differences. A default `--batch-size` larger than what the
@@ -332,36 +322,34 @@ def parse_args(args_class: type, make_agent: MakeAlgorithm, argv: list[str] | No
     try:
         check_command_line(args_class, argv)
         resume_at = next((i for i, arg in enumerate(argv) if arg.split("=")[0] == "--resume"), None)
-        if resume_at is not None and ("=" in argv[resume_at] or resume_at + 1 < len(argv)):
+        resuming = resume_at is not None and ("=" in argv[resume_at] or resume_at + 1 < len(argv))
+        if resuming:
             value = argv[resume_at].partition("=")[2] or argv[resume_at + 1]
             saved = resume.saved_config(value)
             fields = {field.name for field in dataclasses.fields(args_class)}
-            args = parse_with_tyro(args_class, argv, args_class(**{k: v for k, v in saved.items() if k in fields}))
-            differences = resume.config_differences(saved, dataclasses.asdict(args))
+            flags = parse_with_tyro(args_class, argv, args_class(**{k: v for k, v in saved.items() if k in fields}))
+            differences = resume.config_differences(saved, dataclasses.asdict(flags))
             if differences:
                 raise ValueError("--resume: these flags differ from the run and cannot change: "
                                  + "; ".join(differences))
         else:
-            args = parse_with_tyro(args_class, argv, args_class())
-            given = {token.partition("=")[0] for token in argv}
-            if "--batch-size" not in given and args.num_envs >= 1 and args.batch_size > first_update_rows(args) >= 1:
-                print(f"note: --batch-size {args.batch_size} (the default) is more than the {first_update_rows(args)} "
-                      f"transitions stored at the first update; using {first_update_rows(args)}", file=sys.stderr)
-                args.batch_size = first_update_rows(args)
-        if args.env == "list":
+            flags = parse_with_tyro(args_class, argv, preset_defaults(args_class, argv))
+        if flags.env == "list":
             print(format_task_list())
             sys.exit(0)
-        validate_run_args(args)
-        validate_algorithm(*args.split(), make_agent)
+        given = {token.partition("=")[0] for token in argv}
+        run = resolve(flags, lower_default_batch=not resuming and "--batch-size" not in given)
+        args = run.args
+        if flags.devices != 1 or args.data_parallel or jax.distributed.is_initialized():
+            check_devices(args, run.task.backend)  # asks JAX for its devices: only where the run uses more than one
+        validate_run_args(run)
+        validate_algorithm(run, make_agent)
         if not (args.resume or args.play):  # both write into an existing run, or beside a policy file
             check_run_root(args.run_root)
-        args.backend = resolve_task(args.env, args.backend).backend
-        if args.devices != 1 or args.data_parallel or jax.distributed.is_initialized():
-            check_placement(args)  # asks JAX for its devices: only where the run uses more than one
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    return args
+    return run
 
 
 def main(algo: str, config_class: type, make_agent: MakeAlgorithm, policy_file: PolicyFile | None = None) -> None:
@@ -371,15 +359,15 @@ def main(algo: str, config_class: type, make_agent: MakeAlgorithm, policy_file: 
     # Joining the other processes first: jax.distributed installs a SIGTERM handler of its own (its preemption
     # notifier), which the watcher then replaces, so that a signal to any process stops all of them at one chunk.
     stopping.install(peers=processes.initialize())  # joining them before anything asks JAX for its devices
-    flags = parse_args(script_args(config_class), make_agent)
-    if flags.play:
+    run = parse_args(script_args(config_class), make_agent)
+    if run.args.play:
         if policy_file is None:
             print(f"error: --play: {Path(sys.argv[0]).name} exports no policy to replay", file=sys.stderr)
             sys.exit(2)
-        from common import play  # as training below
+        from common.run import play  # as training below
 
-        play.main(flags.split()[0], policy_file.load)
+        play.main(run.args, policy_file.load)
         return
-    from common import training  # the envs, MuJoCo and the logging stack: only once the flags are known good
+    from common.run import training  # the envs, MuJoCo and the logging stack: only once the flags are known good
 
-    training.run(flags, make_agent, algo, policy_file.fields if policy_file else ())
+    training.run(run, make_agent, algo, policy_file.fields if policy_file else ())
