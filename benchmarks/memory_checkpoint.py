@@ -39,7 +39,8 @@ def main() -> None:
     args = tyro.cli(Args)
     run_args = dataclasses.replace(algorithms.script_args(args.algo)(), env=args.env)  # the script's defaults
     env = BatchedEnv(resolve_task(run_args.env), run_args.num_envs)
-    trainer = algorithms.make_trainer(args.algo, run_args, env, BatchedEnv(resolve_task(run_args.env), run_args.eval_episodes))
+    eval_env = BatchedEnv(resolve_task(run_args.env), run_args.eval_episodes)
+    trainer = algorithms.make_trainer(args.algo, run_args, env, eval_env)
     state = trainer.init(jax.random.key(0))
     for _ in range(args.chunks):
         state, _ = jax.block_until_ready(trainer.chunk(state))

@@ -103,7 +103,8 @@ SUITES = {
         num_seeds=5, flags=PAPER, evaluations=100, backend="gymnasium",
     ),
     # MyoSuite's hard ("Random") hand tasks that FlowRL, SimbaV2, BRO and TD-MPC2 publish success rates on, at their
-    # 1 M steps, with the reference's protocol; scored by success rate (docs/myosuite.md, which also estimates its time).
+    # 1 M steps, with the reference's protocol; scored by success rate (docs/myosuite.md, which also estimates its
+    # time).
     "myo": Suite(
         tasks={task: 1_000_000 for task in ("myoHandReachRandom-v0", "myoHandPoseRandom-v0", "myoHandPenTwirlRandom-v0",
                                             "myoHandObjHoldRandom-v0", "myoHandKeyTurnRandom-v0")},

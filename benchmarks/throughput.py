@@ -14,7 +14,8 @@ more envs come almost free (the updates dominate); above it, env-steps/s grows e
     python benchmarks/throughput.py --algo flowrl --env humanoid-walk --num-envs 1 4 16 64 256 \
         --out benchmarks/results/scaling_cpu.csv --plot benchmarks/results/scaling_cpu.png
 
-With --devices, each E is measured on each device count D, the train state split as `--split` says (common.core.devices):
+With --devices, each E is measured on each device count D, the train state split as `--split` says
+(common.core.layout):
 `data` splits the E envs, the replay and each batch over D devices; `seeds` trains D seeds, one per device (the
 env-steps/s then count every seed's). D = 1 is the unsplit program. On forced CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=N) the devices share the same cores, so the rows measure only
@@ -94,7 +95,8 @@ def measure(args: Args, num_envs: int, devices: int = 1) -> dict:
     run_args = algorithm_args(args, num_envs, iterations, devices)
     env = BatchedEnv(resolve_task(args.env), num_envs)
     layout = resolve(run_args).layout
-    trainer = layout.over_seeds(algorithms.make_trainer(args.algo, run_args, env, BatchedEnv(resolve_task(args.env), 1)))
+    eval_env = BatchedEnv(resolve_task(args.env), 1)
+    trainer = layout.over_seeds(algorithms.make_trainer(args.algo, run_args, env, eval_env))
     init_keys = layout.seed_keys(0)[0]
     trainer = layout.placed(trainer, jax.eval_shape(trainer.init, init_keys))
     state = trainer.init(init_keys)

@@ -59,7 +59,8 @@ def test_both_env_classes_implement_the_env_interface():
     methods = {name: value for name, value in vars(VectorEnv).items()
                if inspect.isfunction(value) and not name.startswith("_")}
     assert set(methods) == {"reset", "step", "capture", "restore"}
-    envs = [make_env(resolve_task("cartpole-balance", "playground"), 2), make_env(resolve_task("Ant-v4", "gymnasium"), 2)]
+    envs = [make_env(resolve_task("cartpole-balance", "playground"), 2),
+            make_env(resolve_task("Ant-v4", "gymnasium"), 2)]
     for env in envs:
         assert isinstance(env, VectorEnv), type(env).__name__  # every attribute and method is there
         for name, declared in methods.items():  # and the methods take the parameters the interface names
@@ -95,8 +96,8 @@ def test_a_third_algorithm_trains_through_the_harness_and_resumes_exactly(tmp_pa
     assert len(table(full / "eval.csv")) == 2
 
     half = ddpg_run(tmp_path / "half", total_steps=24)
-    training.run(resolve(dataclasses.replace(DDPG_ARGS, run_root=str(tmp_path / "unused"), resume=str(half))), ddpg.make_ddpg,
-                 "ddpg")
+    resumed = dataclasses.replace(DDPG_ARGS, run_root=str(tmp_path / "unused"), resume=str(half))
+    training.run(resolve(resumed), ddpg.make_ddpg, "ddpg")
     assert table(half / "metrics.csv") == rows and table(half / "eval.csv") == table(full / "eval.csv")
     expected, found = leaves(full), leaves(half)
     assert expected.keys() == found.keys()

@@ -1,5 +1,5 @@
-"""Several devices and several processes (common.core.devices, common.run.processes), on forced CPU devices and two local
-processes: each placement computes what one device computes, and the flags are checked before anything compiles.
+"""Several devices and several processes (common.core.layout, common.run.processes), on forced CPU devices and two
+local processes: each placement computes what one device computes, and the flags are checked before anything compiles.
 CPU "devices" share the same cores, so these tests say nothing of speed (benchmarks/throughput.py does)."""
 
 import csv

@@ -97,7 +97,8 @@ def test_warp_backend_is_passed_through():
     pytest.importorskip("warp")
     from mujoco import mjx
 
-    assert BatchedEnv(resolve_task(NAME), 1, physics="warp").env.mjx_model.impl == mjx.Impl.WARP  # catches a hard-coded "jax"
+    warp = BatchedEnv(resolve_task(NAME), 1, physics="warp")
+    assert warp.env.mjx_model.impl == mjx.Impl.WARP  # catches a hard-coded "jax"
 
 
 @pytest.mark.parametrize("kwargs, flag", [

@@ -87,7 +87,7 @@ def test_help_is_grouped_on_whole_lines_and_ends_with_examples():
     text = result.stdout
     for title in (*cli.HELP_GROUPS, "algorithm hyperparameters"):
         assert f"{title.replace(' ', '-')} options" in text
-    assert text.rstrip().splitlines()[-4] == "examples:"
+    assert text.rstrip().splitlines()[-len(cli.EXAMPLES.splitlines())] == "examples:"
     assert "(default: None)" not in text and "--hidden-dim" in text
     docs = cli.field_docs(SAC_FLAGS)  # what the help shows: every docstring, its own line breaks gone
     assert set(docs) == {f.name for f in dataclasses.fields(SAC_FLAGS)} and not any("\n" in d for d in docs.values())

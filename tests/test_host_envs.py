@@ -97,7 +97,8 @@ class RawDMControl:
 
 def test_gymnasium_transitions_match_the_raw_env_at_time_limits_and_terminations():
     # Hopper falls within tens of random steps (termination, no bootstrap); a 25-step limit truncates the others.
-    env = make_env(resolve_task("Hopper-v4", "gymnasium"), E, episode_length=25, host_threads=2)  # threads split the envs 1 + 2
+    # Two threads split the envs 1 + 2.
+    env = make_env(resolve_task("Hopper-v4", "gymnasium"), E, episode_length=25, host_threads=2)
     raws = [RawGymnasium("Hopper-v4", seed, 25) for seed in host_seeds(KEY, E)]
     terminations, truncations = check_against_raw(env, raws, steps=80)
     assert terminations > 0 and truncations > 0
@@ -179,8 +180,8 @@ def test_host_runs_are_deterministic_and_resume_exactly(tmp_path):
 
     half = host_run(tmp_path / "half", total_steps=36)
     # The resumed half runs in a fresh process state: new host env objects that only the checkpoint can set.
-    training.run(resolve(dataclasses.replace(HOST, run_root=str(tmp_path / "unused"), resume=str(half))), flowrl.make_flowrl,
-                 "flowrl")
+    resumed = dataclasses.replace(HOST, run_root=str(tmp_path / "unused"), resume=str(half))
+    training.run(resolve(resumed), flowrl.make_flowrl, "flowrl")
     assert_same_run(full, half)
     snapshot = next(v for k, v in leaves(full).items() if v.dtype == np.uint8 and v.ndim == 2)
     assert snapshot.shape[0] == HOST.num_envs and snapshot.any()  # the host envs' state is in the checkpoint

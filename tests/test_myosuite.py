@@ -102,7 +102,8 @@ def check_against_raw_myosuite(name: str, steps: int) -> tuple[int, int, int]:
 
 
 def test_transitions_match_the_raw_env_at_its_time_limit():
-    assert make_env(resolve_task("myoHandReachRandom-v0", "myosuite"), 1).episode_length == 100  # MyoSuite's max_episode_steps
+    reach = make_env(resolve_task("myoHandReachRandom-v0", "myosuite"), 1)
+    assert reach.episode_length == 100  # MyoSuite's max_episode_steps
     terminations, truncations, _ = check_against_raw_myosuite("myoHandReachRandom-v0", steps=105)
     assert terminations == 0 and truncations == E
 
@@ -232,8 +233,8 @@ def test_play_prints_the_success_rate_of_the_run_s_evaluation(full_run, capsys):
 
 def test_a_resumed_run_equals_the_uninterrupted_one(full_run, tmp_path):
     half = tiny_run(tmp_path / "half", total_steps=20)
-    training.run(resolve(dataclasses.replace(TINY, run_root=str(tmp_path / "unused"), resume=str(half))), flowrl.make_flowrl,
-                 "flowrl", flowrl.POLICY_FIELDS)
+    resumed = dataclasses.replace(TINY, run_root=str(tmp_path / "unused"), resume=str(half))
+    training.run(resolve(resumed), flowrl.make_flowrl, "flowrl", flowrl.POLICY_FIELDS)
     gc.collect()
     assert_same_run(full_run, half)  # metrics, eval.csv with its success column, every leaf, the host snapshots
     snapshot = next(v for v in leaves(full_run).values() if v.dtype == np.uint8 and v.ndim == 2)

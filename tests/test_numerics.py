@@ -75,7 +75,7 @@ class DivergingEnv(BatchedEnv):
 
 def test_diverged_env_transitions_are_counted_and_kept_out_of_the_replay():
     args = dataclasses.replace(ARGS, log_interval=40)  # one chunk of 10 iterations, no update before step 16
-    env = DivergingEnv(args.env, args.num_envs, episode_length=args.episode_length)
+    env = DivergingEnv(resolve_task(args.env), args.num_envs, episode_length=args.episode_length)
     trainer = training.build_trainer(resolve(args), flowrl.make_flowrl, env,
                                     BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=20))
     state, metrics = trainer.chunk(trainer.init(jax.random.key(0)))

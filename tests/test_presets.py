@@ -53,7 +53,8 @@ def test_an_unknown_preset_is_one_line_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         parse(FLOWRL_FLAGS, flowrl.make_flowrl, tmp_path, "--preset", "fast")
     error = capsys.readouterr().err
-    assert stopped.value.code == 2 and error.strip() == "error: --preset must be one of paper, playground-sac, got 'fast'"
+    assert stopped.value.code == 2
+    assert error.strip() == "error: --preset must be one of paper, playground-sac, got 'fast'"
 
 
 def test_help_names_the_presets_and_shows_a_preset_s_values_as_defaults(capsys, monkeypatch):

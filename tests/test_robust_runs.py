@@ -49,7 +49,8 @@ def two_runs(tmp_path_factory):
 
 def resume_exit_code(resume: Path) -> int:
     with pytest.raises(SystemExit) as stopped:
-        training.run(resolve(dataclasses.replace(SHORT, resume=str(resume), total_steps=48)), flowrl.make_flowrl, "flowrl")
+        longer = dataclasses.replace(SHORT, resume=str(resume), total_steps=48)
+        training.run(resolve(longer), flowrl.make_flowrl, "flowrl")
     return stopped.value.code
 
 

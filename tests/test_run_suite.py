@@ -10,6 +10,8 @@ import pytest
 import flowrl_jax as flowrl
 import sac_jax as sac
 from benchmarks import run_suite
+from benchmarks.algorithms import ALGORITHMS, script_args
+from common.run import cli
 from benchmarks.run_suite import Args
 
 RESULTS = run_suite.ROOT / Args().results_root  # where the suite writes, so the test reads what it wrote
@@ -40,15 +42,18 @@ def test_restrictions_and_custom_suites():
                                  "humanoid-stand", "walker-run", "walker-stand", "quadruped-walk"}),
     ("gym", "gymnasium", {"Ant-v4", "HalfCheetah-v4", "Walker2d-v4", "Swimmer-v4", "Hopper-v4", "Humanoid-v4"}),
 ])
-def test_published_benchmark_suites_run_their_backend_in_paper_mode(suite, backend, tasks):
+def test_published_benchmark_suites_run_their_backend_in_paper_mode(suite, backend, tasks, tmp_path):
     jobs = run_suite.plan(Args(suite=suite))
     assert {job.task for job in jobs} == tasks and {job.algo for job in jobs} == {"flowrl", "sac"}
     for job in jobs:
         flags = dict(zip(job.flags[::2], job.flags[1::2]))
-        # Paper mode is the reference implementation: FlowRL's default ρ is not the reference's 0.95, so it is passed.
-        reference_rho = {"--target-rate": "0.95"} if job.algo == "flowrl" else {}
-        assert flags == {"--num-envs": "1", "--updates-per-iteration": "1", "--batch-size": "256",
-                         "--backend": backend, "--eval-interval": "10000", **reference_rho}
+        # The reference implementation's protocol is the `paper` preset (ρ 0.95 for FlowRL included).
+        assert flags == {"--preset": "paper", "--backend": backend, "--eval-interval": "10000"}
+        parsed = cli.parse_args(script_args(job.algo), ALGORITHMS[job.algo][1],
+                                ["--env", job.task, *job.flags, "--run-root", str(tmp_path)])
+        assert (parsed.args.num_envs, parsed.args.updates_per_iteration, parsed.args.batch_size) == (1, 1, 256)
+        if job.algo == "flowrl":
+            assert parsed.config.target_rate == 0.95
         assert (job.num_seeds, job.total_steps) == (5, 1_000_000)
     with pytest.raises(ValueError, match="close matches: dog-run"):
         run_suite.plan(Args(suite="dmc-paper", tasks=("dog-rn",)))

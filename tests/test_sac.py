@@ -185,7 +185,8 @@ def test_chunk_compiles_once_and_learns_only_after_start_steps(tiny_history):
 
 def test_one_update_moves_the_targets_by_polyak_and_alpha_by_the_entropy_gap(tiny_trainer, tiny_history):
     state = tiny_history[0][-1][1]  # after six chunks: 24 transitions stored, 6 updates done
-    after, metrics = jax.device_get(jax.jit(make_update(resolve(TINY).spec, tiny_trainer.agent))(state, jax.random.key(7)))
+    update = jax.jit(make_update(resolve(TINY).spec, tiny_trainer.agent))
+    after, metrics = jax.device_get(update(state, jax.random.key(7)))
     state, after = state.learner, after.learner
     assert after.updates == state.updates + 1
     for new, old, online in zip(jax.tree.leaves(after.q_target), jax.tree.leaves(state.q_target),

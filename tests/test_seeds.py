@@ -21,8 +21,8 @@ NUM_SEEDS, FIRST_SEED, CHECKED = 3, 1, 1  # seed 2 is compared with a single run
 
 def trainers(make_agent, args):
     env = BatchedEnv(resolve_task(args.env), args.num_envs, episode_length=args.episode_length)
-    trainer = training.build_trainer(resolve(args), make_agent, env,
-                                    BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=args.episode_length))
+    eval_env = BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=args.episode_length)
+    trainer = training.build_trainer(resolve(args), make_agent, env, eval_env)
     return Layout(NUM_SEEDS).over_seeds(trainer), Layout(1).over_seeds(trainer)
 
 

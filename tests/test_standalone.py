@@ -112,8 +112,8 @@ def test_a_harness_update_is_the_public_update_on_the_harness_batch(make_agent, 
     """The chunk scans the harness's update, which draws a batch from the replay and calls the algorithm's `update`; the
     same batch and key through the public function give identical parameters, bit for bit."""
     env = BatchedEnv(resolve_task(args.env), args.num_envs, episode_length=args.episode_length)
-    trainer = training.build_trainer(resolve(args), make_agent, env,
-                                    BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=args.episode_length))
+    eval_env = BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=args.episode_length)
+    trainer = training.build_trainer(resolve(args), make_agent, env, eval_env)
     state = trainer.init(jax.random.key(0))
     for _ in range(5):  # 20 transitions stored, and one update per chunk from step 16 on
         state, _ = trainer.chunk(state)

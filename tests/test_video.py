@@ -38,7 +38,8 @@ def decode(path) -> np.ndarray:
 
 
 def train(args, run_root):
-    training.run(resolve(dataclasses.replace(args, run_root=str(run_root))), flowrl.make_flowrl, "flowrl", POLICY_FIELDS)
+    training.run(resolve(dataclasses.replace(args, run_root=str(run_root))), flowrl.make_flowrl, "flowrl",
+                 POLICY_FIELDS)
     (run_dir,) = run_root.iterdir()
     return run_dir
 

@@ -1,10 +1,10 @@
 """Tasks stepped on the host (dm_control, Gymnasium MuJoCo, MyoSuite) as one batch of E envs with jittable reset/step.
 
-`HostBatchedEnv` has the interface of common.envs.playground.BatchedEnv, so the harness and the algorithms cannot tell the
-backends apart: reset(key) and step(state, action) are pure-looking JAX functions whose work happens in one
+`HostBatchedEnv` has the interface of common.envs.playground.BatchedEnv, so the harness and the algorithms cannot tell
+the backends apart: reset(key) and step(state, action) are pure-looking JAX functions whose work happens in one
 `jax.experimental.io_callback` per call, inside the compiled chunk. The env objects live on the host in a pool,
-indexed by position. Under jax.vmap over seeds the seed axis folds into the env axis (common.envs.playground.fold_vmapped_axis),
-so one callback steps the envs of every seed: seed k's envs are positions k·E … k·E+E−1, seeded from seed k's key.
+indexed by position. Under jax.vmap over seeds the seed axis folds into the env axis
+(common.envs.playground.fold_vmapped_axis), so one callback steps the envs of every seed: seed k's envs are positions k·E … k·E+E−1, seeded from seed k's key.
 
 Semantics, the same as the Playground backend's:
 - `step` returns the true s' of every transition in `StepOutput.next_obs`, then resets the envs whose episode ended

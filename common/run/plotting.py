@@ -81,7 +81,8 @@ def draw_learning_curve(ax, data: dict[str, np.ndarray], title: str) -> None:
             for seed_step, mean, _ in per_seed:
                 ax.plot(seed_step, mean, color=line.get_color(), alpha=0.35, linewidth=0.8)
     steps = np.unique(data["step"])
-    if len(steps) <= 2 and steps.max() > 0:  # a lone dot would sit on an axis matplotlib centres on it: show the run from step 0
+    # A lone dot would sit on an axis that matplotlib centres on it: show the run from step 0.
+    if len(steps) <= 2 and steps.max() > 0:
         for line in ax.get_lines():
             line.set_markersize(7)
         ax.set_xlim(0, steps.max() * 1.15)
