@@ -1,12 +1,14 @@
 """Presets (common.run.presets): data that replaces the defaults, under every flag given, per task and backend."""
 
 import dataclasses
+import typing
 
 import pytest
 
 import flowrl_jax as flowrl
 import sac_jax as sac
 from common.run import cli
+from common.run.args import RunArgs
 from common.run.presets import PLAYGROUND_10M_TASKS, PRESETS
 from common.envs.tasks import all_tasks
 
@@ -18,6 +20,8 @@ def parse(args_class, make, tmp_path, *argv):
 
 
 def test_every_preset_flag_is_a_flag_of_a_script_and_every_task_it_names_exists():
+    choices = typing.get_args(typing.get_args(typing.get_type_hints(RunArgs)["preset"])[0])
+    assert choices == tuple(PRESETS)  # --preset offers every preset, and only those
     names = {field.name for flags in (FLOWRL_FLAGS, SAC_FLAGS) for field in dataclasses.fields(flags)}
     tasks = {task.name for task in all_tasks()}
     for name, preset in PRESETS.items():

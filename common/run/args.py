@@ -17,7 +17,7 @@ from common.envs.tasks import Task, resolve_task
 
 @dataclasses.dataclass
 class RunArgs:
-    preset: str | None = None
+    preset: Literal["paper", "playground-sac"] | None = None
     """Named flag values for a benchmark family, applied before the flags given (which win): `paper` (the FlowRL
     reference code's protocol) or `playground-sac` (MuJoCo Playground's SAC configuration); docs/flags.md lists
     their values."""

@@ -1,11 +1,11 @@
-"""Command line shared by every algorithm: the run flags, how they join an algorithm's config, their checks, and
-`--env list`.
+"""Command line shared by every algorithm: how the run flags (common.run.args) join an algorithm's config, presets,
+`--help`, the checks, and `--env list`.
 
 A script's command line is its algorithm's config fields (hyperparameters, defined in the algorithm file) plus the
-run flags below (`script_args`). Parsing gives one flat object, as the command line is flat; `split()` turns it into
-the two objects the harness works with, the run's `RunArgs` and the algorithm's own config, and nothing past the
-parser sees the flat one. Every check runs before any env is built or anything compiles; a bad value exits with code
-2 and one line naming the flag.
+run flags (`script_args`). Parsing gives one flat object, as the command line is flat; `resolve` turns it into the
+run's `ResolvedRun` (the flags, the algorithm's own config, the task and the layout), and nothing past the parser sees
+the flat one. Every check runs before any env is built or anything compiles; a bad value exits with code 2 and one
+line naming the flag.
 """
 
 import ast
