@@ -102,7 +102,7 @@ SUITES = {
                                             "Humanoid-v4")},
         num_seeds=5, flags=PAPER, evaluations=100, backend="gymnasium",
     ),
-    # MyoSuite's hard ("Random") hand tasks that FlowRL, SimbaV2, BRO and TD-MPC2 publish success rates on, at their
+    # MyoSuite's hard ("Random") hand tasks that SimbaV2, BRO and TD-MPC2 publish success rates on, at their
     # 1 M steps, with the reference's protocol; scored by success rate (docs/myosuite.md, which also estimates its
     # time).
     "myo": Suite(

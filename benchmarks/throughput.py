@@ -39,6 +39,7 @@ from benchmarks import algorithms  # noqa: E402
 from benchmarks.flops import CPU_PEAK_GFLOPS, matmul_flops  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
 from benchmarks.timing import best_seconds  # noqa: E402
+from common.core.chunk import make_update  # noqa: E402
 from common.envs.playground import BatchedEnv  # noqa: E402
 from common.envs.tasks import resolve_task  # noqa: E402
 from common.run.args import resolve  # noqa: E402
@@ -94,7 +95,8 @@ def measure(args: Args, num_envs: int, devices: int = 1) -> dict:
     iterations = max(1, -(-max(args.timed_steps, args.batch_size) // num_envs))
     run_args = algorithm_args(args, num_envs, iterations, devices)
     env = BatchedEnv(resolve_task(args.env), num_envs)
-    layout = resolve(run_args).layout
+    run = resolve(run_args)
+    layout = run.layout
     eval_env = BatchedEnv(resolve_task(args.env), 1)
     trainer = layout.over_seeds(algorithms.make_trainer(args.algo, run_args, env, eval_env))
     init_keys = layout.seed_keys(0)[0]
@@ -123,10 +125,11 @@ def measure(args: Args, num_envs: int, devices: int = 1) -> dict:
                                          ""), compile_s=round(compile_seconds, 1), **provenance())
 
     # Average matmul FLOPs of an update: the policy branch runs on one update in `policy_delay` (FlowRL).
-    fewest, most = matmul_flops(unsplit.update, holder[0], jax.random.key(1))
+    update = make_update(run.spec, trainer.agent)  # one update as the chunk runs it: a batch drawn, then the step
+    fewest, most = matmul_flops(update, holder[0], jax.random.key(1))
     update_flops = fewest + (most - fewest) / getattr(run_args, "policy_delay", 1)
     update_keys = jax.random.split(jax.random.key(1), args.update_only)
-    updates = jax.jit(lambda state, keys: jax.lax.scan(unsplit.update, state, keys)[1])
+    updates = jax.jit(lambda state, keys: jax.lax.scan(update, state, keys)[1])
     compiled_updates = updates.lower(holder[0], update_keys).compile()
     update_seconds = best_seconds(lambda: compiled_updates(holder[0], update_keys), args.repeats) / args.update_only
 

@@ -301,3 +301,378 @@ def test_anchors_follow_githubs_rule():
     assert slug("Algorithm hyperparameters: SAC (`sac_jax.py`)") == "algorithm-hyperparameters-sac-sac_jaxpy"
     assert slug("SAC against Brax's SAC at Brax's anchor config") == "sac-against-braxs-sac-at-braxs-anchor-config"
     assert anchors("# A\n\n## A\n\n```\n# not a heading\n```\n") == {"a", "a-1"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The README's results table: every number is what its linked CSV gives
+# ---------------------------------------------------------------------------------------------------------------------
+NUMBER_LINK = re.compile(r"\[~?([0-9][0-9 ]*)\]\(([^)\s]+\.csv)\)")
+
+
+def learning_table_final_mean(path: Path) -> tuple[str, int]:
+    """What `python benchmarks/learning_table.py <path>` prints as the mean final return over seeds, and the file's
+    last evaluation step."""
+    import contextlib
+    import io
+
+    from benchmarks import learning_table
+    from common.run.plotting import read_eval_csv
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        learning_table.main([str(path)])
+    match = re.search(r"final: mean (\S+),", printed.getvalue())
+    assert match, f"learning_table.py printed no final mean for {path}:\n{printed.getvalue()}"
+    return match.group(1), int(read_eval_csv(path)["step"].max())
+
+
+def section(text: str, heading: str) -> str:
+    """The text of the level-2 section `## heading`, up to the next level-2 heading."""
+    assert f"\n## {heading}\n" in text, f"no section '## {heading}'"
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def results_table_errors(readme: str, root: Path = ROOT) -> tuple[list[str], int]:
+    """(errors, cells checked) for the README's Results section: every number linked to a CSV equals the mean final
+    return that benchmarks/learning_table.py computes from it, and in the table, the row's env steps are the CSV's
+    last evaluation (`100 k` = 100 000, rounded to thousands)."""
+    errors, checked = [], 0
+    for line in section(readme, "Results").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") else []
+        steps = re.fullmatch(r"(\d+) k", cells[1]) if len(cells) > 1 else None
+        for number, target in NUMBER_LINK.findall(line):
+            path = (root / target).resolve()
+            if not path.is_file():
+                errors.append(f"{target}: no such file")
+                continue
+            mean, last_step = learning_table_final_mean(path)
+            checked += 1
+            if number.replace(" ", "") != mean:
+                errors.append(f"{target}: the README says {number}, learning_table.py gives a final mean of {mean}")
+            if steps and round(last_step / 1000) != int(steps.group(1)):
+                errors.append(f"{target}: the row says {cells[1]} env steps, the CSV ends at {last_step}")
+    return errors, checked
+
+
+def test_every_number_of_the_readmes_results_table_is_what_its_csv_gives():
+    errors, checked = results_table_errors((ROOT / "README.md").read_text())
+    assert not errors, "\n".join(errors)
+    assert checked >= 12  # the table's eleven CSV cells and Brax's cartpole-balance figure
+
+
+def test_the_results_table_check_catches_a_wrong_number_and_a_wrong_budget():
+    readme = (ROOT / "README.md").read_text()
+    table_row = next(line for line in section(readme, "Results").splitlines()
+                     if line.startswith("| cheetah-run | 100 k | [334]"))
+    for wrong in (table_row.replace("[334]", "[335]", 1), table_row.replace("| 100 k |", "| 60 k |", 1)):
+        errors, _ = results_table_errors(readme.replace(table_row, wrong))
+        assert len(errors) >= 1 and all("flowrl_cheetah_run" in e or "env steps" in e for e in errors), errors
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every docs page is reachable from the README
+# ---------------------------------------------------------------------------------------------------------------------
+def markdown_links(path: Path) -> set[Path]:
+    """The Markdown files that `path` links to (relative links in its prose, anchors dropped)."""
+    targets = set()
+    for kind, _, lines in split_blocks(path.read_text()):
+        if kind != "text":
+            continue
+        for target in LINK.findall(INLINE_CODE.sub("", "\n".join(lines))):
+            file_part = target.partition("#")[0]
+            if file_part.endswith(".md") and not re.match(r"[a-z][a-z0-9+.-]*:", target):
+                targets.add((path.parent / file_part).resolve())
+    return targets
+
+
+def unreachable_pages(root: Path) -> list[str]:
+    """docs/*.md pages that no chain of links starting at root/README.md reaches."""
+    seen, todo = set(), [(root / "README.md").resolve()]
+    while todo:
+        page = todo.pop()
+        if page in seen or not page.is_file():
+            continue
+        seen.add(page)
+        todo.extend(markdown_links(page))
+    return sorted(str(p.relative_to(root)) for p in (root / "docs").glob("*.md") if p.resolve() not in seen)
+
+
+def test_every_docs_page_is_reachable_from_the_readme():
+    assert not unreachable_pages(ROOT), "docs pages that no link from README.md leads to"
+
+
+def test_the_reachability_check_finds_an_orphan_page(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("See [a](docs/a.md).\n")
+    (tmp_path / "docs" / "a.md").write_text("# A\n\nThen [b](b.md#x).\n")
+    (tmp_path / "docs" / "b.md").write_text("# B\n")
+    (tmp_path / "docs" / "orphan.md").write_text("# Orphan\n\n`[in code](c.md)` [back](../README.md)\n")
+    assert unreachable_pages(tmp_path) == ["docs/orphan.md"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# docs/layout.md lists every file it should
+# ---------------------------------------------------------------------------------------------------------------------
+def layout_paths(text: str) -> set[str]:
+    """The paths listed in the first code block of docs/layout.md: an entry is a line indented by 0, 2, 4, … spaces
+    (a name ending in `/` opens a folder for the entries indented below it); a description's continuation lines are
+    indented by 20 spaces or more."""
+    block = next(lines for kind, _, lines in split_blocks(text) if kind == "code")
+    folders, paths = [], set()
+    for line in block:
+        indent = len(line) - len(line.lstrip(" "))
+        if not line.strip() or indent >= 20:
+            continue
+        assert indent % 2 == 0 and indent // 2 <= len(folders), f"layout.md: an entry out of place: {line!r}"
+        name = line.split()[0]
+        folders = folders[:indent // 2]
+        path = "".join(folders) + name
+        paths.add(path.rstrip("/"))
+        if name.endswith("/"):
+            folders.append(name)
+    return paths
+
+
+def files_the_layout_must_list(root: Path = ROOT) -> set[str]:
+    """Every Python or shell file of common/ and benchmarks/ (not the committed results), the algorithm files, CI,
+    the lock and the package."""
+    files = {"flowrl_jax.py", "sac_jax.py", ".ci/run", "requirements.txt", "pyproject.toml"}
+    for folder in ("common", "benchmarks"):
+        for path in (root / folder).rglob("*"):
+            relative = path.relative_to(root).as_posix()
+            if path.suffix in (".py", ".sh") and not relative.startswith("benchmarks/results/"):
+                files.add(relative)
+    return files
+
+
+def test_the_layout_lists_every_file_and_no_file_that_is_gone():
+    listed = layout_paths((ROOT / "docs" / "layout.md").read_text())
+    missing = sorted(files_the_layout_must_list() - listed)
+    assert not missing, f"docs/layout.md does not list: {', '.join(missing)}"
+    gone = sorted(path for path in listed if not (ROOT / path).exists())
+    assert not gone, f"docs/layout.md lists what does not exist: {', '.join(gone)}"
+
+
+def test_the_layout_parser_nests_folders():
+    text = ("```\ntop.py       x\na/           folder\n  b.py       y\n                     more of y\n  c/\n"
+            "    d.py     z\ne.md         w\n```\n")
+    assert layout_paths(text) == {"top.py", "a", "a/b.py", "a/c", "a/c/d.py", "e.md"}
+    assert "common/core/chunk.py" in files_the_layout_must_list() and "benchmarks/gpu_check.sh" in \
+        files_the_layout_must_list()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# docs/flags.md follows --help's groups
+# ---------------------------------------------------------------------------------------------------------------------
+def flags_by_heading(text: str) -> dict[str, set[str]]:
+    """Level-2 heading of docs/flags.md -> the flags in the first cells of its table rows, in page order."""
+    result = {}
+    for kind, heading, lines in split_blocks(text):
+        if kind == "heading":
+            result.setdefault(heading, set())
+        elif kind == "text":
+            for row in lines:
+                if row.lstrip().startswith("|"):
+                    result.setdefault(heading, set()).update(FLAG.findall(row.strip().strip("|").split("|")[0]))
+    return result
+
+
+def test_the_flags_page_has_the_groups_of_help_in_its_order():
+    from common.run.cli import HELP_GROUPS
+
+    def heading(group: str) -> str:
+        return "Presets" if group == "preset" else group.capitalize()
+
+    documented = flags_by_heading((ROOT / "docs" / "flags.md").read_text())
+    expected = [heading(group) for group in HELP_GROUPS]
+    assert [h for h in documented if h in expected] == expected, list(documented)
+    headings = list(documented)
+    assert headings.index(expected[-1]) < headings.index("Algorithm hyperparameters: both scripts")
+    for group, names in HELP_GROUPS.items():
+        flags = {"--" + name.replace("_", "-") for name in names}
+        if group != "preset":  # the presets' table names presets; --preset itself is in its prose
+            assert documented[heading(group)] == flags, f"{heading(group)}: {documented[heading(group)] ^ flags}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# docs/gpu.md and the README: what the defaults make of a run
+# ---------------------------------------------------------------------------------------------------------------------
+def run_counts(num_envs: int, updates_per_iteration: int, start_steps: int, log_interval: int, total_steps: int):
+    """(iterations, env steps, updates) of a run, as common/core/chunk.py and common/run/training.py count them:
+    whole chunks of ceil(log_interval / E) iterations until total_steps, and U updates in each iteration whose env
+    step count, once its envs have stepped, has reached start_steps."""
+    from common.core.chunk import ChunkSpec
+
+    spec = ChunkSpec(updates_per_iteration=updates_per_iteration, batch_size=1, start_steps=start_steps,
+                     log_interval=log_interval, replay_capacity=1, replay_shards=1)
+    per_chunk = spec.iterations(num_envs)
+    iterations = -(-total_steps // (per_chunk * num_envs)) * per_chunk
+    learning = sum(1 for i in range(1, iterations + 1) if i * num_envs >= start_steps)
+    return iterations, iterations * num_envs, learning * updates_per_iteration
+
+
+def spaced(number: int) -> str:
+    return f"{number:,}".replace(",", " ")
+
+
+def test_the_gpu_page_and_the_readme_state_the_update_counts_of_the_defaults():
+    from common.run.args import RunArgs
+    from common.run.presets import PRESETS
+
+    args = RunArgs()
+    iterations, env_steps, updates = run_counts(args.num_envs, args.updates_per_iteration, args.start_steps,
+                                                args.log_interval, args.total_steps)
+    gpu = (ROOT / "docs" / "gpu.md").read_text()
+    for number in (iterations, env_steps, updates, updates // 2):
+        assert spaced(number) in gpu, f"docs/gpu.md does not state {spaced(number)}"
+    assert f"1/{args.num_envs // args.updates_per_iteration}**" in gpu
+    paper = {**vars(args), **PRESETS["paper"].values("humanoid-walk", "playground")}
+    assert spaced(run_counts(paper["num_envs"], paper["updates_per_iteration"], paper["start_steps"],
+                             paper["log_interval"], paper["total_steps"])[2]) in gpu
+    playground = {**vars(args), **PRESETS["playground-sac"].values("humanoid-walk", "playground")}
+    assert spaced(run_counts(playground["num_envs"], playground["updates_per_iteration"], playground["start_steps"],
+                             playground["log_interval"], playground["total_steps"])[2]) in gpu
+    readme = section((ROOT / "README.md").read_text(), "On a GPU")
+    assert f"about {spaced(round(updates, -2))} updates" in readme
+
+
+def test_the_run_count_follows_the_chunk():
+    assert run_counts(4, 2, 8, 10, 20) == (6, 24, 10)  # chunks of 3 iterations (12 steps); updates from step 8 on
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The package: its ranges admit the tested lock, and each dependency is one the code imports
+# ---------------------------------------------------------------------------------------------------------------------
+def pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def lock() -> dict[str, str]:
+    """requirements.txt: canonical name -> the version pinned for this interpreter."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split(" #")[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate():
+            (version,) = [spec.version for spec in requirement.specifier if spec.operator == "=="]
+            pins[canonicalize_name(requirement.name)] = version
+    return pins
+
+
+def package_requirements():
+    from packaging.requirements import Requirement
+
+    project = pyproject()["project"]
+    return [(None, Requirement(text)) for text in project["dependencies"]] + [
+        (extra, Requirement(text)) for extra, texts in project["optional-dependencies"].items() for text in texts]
+
+
+def test_the_package_ranges_admit_every_pin_of_the_lock():
+    from packaging.utils import canonicalize_name
+
+    from importlib.metadata import version
+
+    pins = lock()
+    for extra, requirement in package_requirements():
+        name = canonicalize_name(requirement.name)
+        # msgpack and scipy come with flax and jax: the lock pins them through those, as this environment holds them
+        pinned = pins.get(name) or version(requirement.name)
+        assert requirement.specifier.contains(pinned), f"{requirement} ({extra or 'base'}): the lock has {pinned}"
+    assert {"jax", "flax", "mujoco", "playground", "dm-control", "myosuite", "pytest"} <= set(pins)
+
+
+CODE = ("flowrl_jax.py", "sac_jax.py", "common")
+# How a distribution shows in the code, where not as `import <its name>`.
+IMPORTED_AS = {"mujoco-mjx": r"from mujoco import mjx|mujoco\.mjx", "playground": r"(import|from) mujoco_playground\b",
+               "imageio-ffmpeg": r"(import|from) imageio_ffmpeg\b", "dm-control": r"(import|from) dm_control\b"}
+
+
+def code_text(*roots: str) -> str:
+    return "\n".join(path.read_text() for root in roots
+                     for path in ([ROOT / root] if root.endswith(".py") else sorted((ROOT / root).rglob("*.py"))))
+
+
+def imported_modules(*roots: str) -> set[str]:
+    """The top-level modules that the Python files under `roots` import (absolute imports, read with ast)."""
+    import ast
+
+    modules = set()
+    for root in roots:
+        for path in [ROOT / root] if root.endswith(".py") else sorted((ROOT / root).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules.add(node.module.split(".")[0])
+    return modules
+
+
+def test_every_package_dependency_is_used_and_every_imported_package_is_declared():
+    import sys as system
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    code, tests = code_text(*CODE), code_text("tests", "benchmarks")
+    readme_test_command = (ROOT / ".ci" / "run").read_text()
+    for extra, requirement in package_requirements():
+        name = canonicalize_name(requirement.name)
+        pattern = IMPORTED_AS.get(name, rf"(import|from) {re.escape(requirement.name)}\b")
+        if name == "pytest-xdist":
+            assert " -n 2 " in readme_test_command  # a pytest plugin: used through -n, never imported
+        else:
+            assert re.search(pattern, tests if extra == "test" else code), f"{requirement}: nothing imports it"
+
+    declared = {canonicalize_name(r.name) for _, r in package_requirements()}
+    modules = imported_modules(*CODE)
+    local = {"common", "flowrl_jax", "sac_jax"}
+    optional = {"wandb"}  # --wandb only, which names `pip install wandb` when it is missing
+    owners = packages_distributions()
+    for module in sorted(modules - set(system.stdlib_module_names) - local - optional):
+        assert any(canonicalize_name(d) in declared for d in owners.get(module, [])), \
+            f"the code imports {module} ({owners.get(module)}), which pyproject.toml does not declare"
+
+
+def test_the_version_and_the_citation_agree_everywhere():
+    import yaml
+
+    version = pyproject()["project"]["version"]
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert citation["version"] == version and citation["license"] == pyproject()["project"]["license"]
+    assert re.search(rf"^## {re.escape(version)} ", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
+    readme = (ROOT / "README.md").read_text()
+    assert f"Version {version}." in readme
+    bibtex = re.search(r"```bibtex\n(.*?)```", readme, re.DOTALL).group(1)
+    assert f"version = {{{version}}}" in bibtex and f"title   = {{{citation['title']}" in bibtex
+    (paper,) = citation["references"]
+    assert f"title         = {{{paper['title']}}}" in bibtex
+    assert paper["identifiers"][0]["value"] == "arXiv:2506.12811" and "eprint        = {2506.12811}" in bibtex
+    authors = " and ".join(f"{a['family-names']}, {a['given-names']}" for a in paper["authors"])
+    assert f"author        = {{{authors}}}" in bibtex
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# User prose without the lab notebook
+# ---------------------------------------------------------------------------------------------------------------------
+COMMIT = re.compile(r"\b(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b")
+DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
+
+
+@pytest.mark.parametrize("path", documents(), ids=doc_ids())
+def test_no_commit_or_date_in_the_documentation(path):
+    """Provenance (machine, date, commit) lives in benchmarks/results/, which the documents link to."""
+    text = path.read_text()
+    found = COMMIT.findall(text) + DATE.findall(text)
+    assert not found, f"{', '.join(found)}: provenance belongs in the results file the page links to"
+
+
+def test_the_notebook_check_catches_a_commit_and_a_date():
+    assert COMMIT.findall("at commit 2c87dc6, not 1e-3 or 512 or decade") == ["2c87dc6"]
+    assert DATE.findall("on 2026-12-02, not 2026-12") == ["2026-12-02"]
