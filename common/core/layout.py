@@ -40,7 +40,7 @@ class Layout:
     def of(num_seeds: int, device_count: int = 1, data_parallel: bool = False, devices: list | None = None) -> Layout:
         """The layout of a run; `devices` (default: the first `device_count` of jax.devices()) lets a test put a
         multi-device program's layout on one device."""
-        if device_count == 1:
+        if device_count <= 1:
             return Layout(num_seeds)
         mode = "data" if data_parallel else "seeds"
         devices = jax.devices()[:device_count] if devices is None else devices

@@ -148,8 +148,7 @@ def resolve(flags, lower_default_batch: bool = False) -> ResolvedRun:
               f"at the first update; using {batch_size}", file=sys.stderr)
     device_count = args.devices or jax.device_count()
     args = dataclasses.replace(args, backend=task.backend, devices=device_count, batch_size=batch_size)
-    layout = Layout.of(args.num_seeds, device_count, args.data_parallel) if device_count > 1 else Layout(
-        args.num_seeds)
+    layout = Layout.of(args.num_seeds, device_count, args.data_parallel)
     return ResolvedRun(args, config, task, layout)
 
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from common.core import devices, replay
+from common.core import devices
 from common.core.trainer import Trainer
 from common.run import checkpoint, policy_export, processes, video
 from common.run.args import RunArgs, parse_video_size
@@ -66,8 +66,7 @@ class Checkpoints:
         """With several processes every one of them calls this (the state is gathered to each), and process 0
         writes."""
         rows = int(np.max(devices.to_host(state.buffer.size)))
-        stored = state.replace(env=self.env.capture(state.env),
-                               buffer=replay.trimmed(state.buffer, rows, self.layout.row_axis))
+        stored = self.layout.stored(state.replace(env=self.env.capture(state.env)), rows)
         if jax.process_count() > 1:
             stored = devices.to_host(stored)
         if self.directory is None:
