@@ -20,7 +20,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from common.run.args import RunArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAG_TABLE_DOCS = {"docs/flags.md"}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import flowrl_jax as flowrl
-from common.run import cli, play, training
+from common.run import play, training
 from common.run.args import parse_video_size
 from common.run.plotting import read_eval_csv
 from common.run.args import resolve

@@ -13,7 +13,6 @@ import jax
 import numpy as np
 
 from common.core import devices
-from common.core.layout import Layout
 from common.run import checkpoint, processes
 from common.run.logger import make_run_dir
 from common.run.resources import format_bytes
