@@ -20,7 +20,7 @@ from common.envs.tasks import resolve_task
 from common.envs.make import make_env
 from common.run.args import resolve
 from common.core.layout import Layout
-from tests.test_resume import leaves, table
+from tests.test_resume import assert_same_run, leaves, table
 
 ROOT = Path(__file__).resolve().parents[1]
 E, KEY = 3, jax.random.key(7)
@@ -160,15 +160,6 @@ def host_run(root: Path, **changes) -> Path:
     training.run(resolve(dataclasses.replace(HOST, run_root=str(root), **changes)), flowrl.make_flowrl, "flowrl")
     (run_dir,) = root.iterdir()
     return run_dir
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    assert table(a / "metrics.csv") == table(b / "metrics.csv")
-    assert table(a / "eval.csv") == table(b / "eval.csv")
-    expected, found = leaves(a), leaves(b)
-    assert expected.keys() == found.keys()
-    for name in expected:
-        np.testing.assert_array_equal(found[name], expected[name], err_msg=name)
 
 
 def test_host_runs_are_deterministic_and_resume_exactly(tmp_path):

@@ -45,6 +45,16 @@ def leaves(run_dir: Path) -> dict:
     return checkpoint_leaves(checkpoint.list_checkpoints(run_dir / "checkpoints")[-1])
 
 
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two runs wrote the same rows (wall-clock columns aside) and the same final train state, bit for bit."""
+    assert table(a / "metrics.csv") == table(b / "metrics.csv")
+    assert table(a / "eval.csv") == table(b / "eval.csv")
+    expected, found = leaves(a), leaves(b)
+    assert expected.keys() == found.keys()
+    for name in expected:
+        np.testing.assert_array_equal(found[name], expected[name], err_msg=name)
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     return run(tmp_path_factory.mktemp("full"), "full")
@@ -55,12 +65,7 @@ def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, full_run):
     assert [p.name for p in checkpoint.list_checkpoints(half / "checkpoints")] == ["checkpoint_000000000032.msgpack"]
     train(dataclasses.replace(ARGS, run_root=str(tmp_path / "unused"), resume=str(half)))
     assert not (tmp_path / "unused").exists()  # the resumed run continues in its own directory
-    assert table(half / "metrics.csv") == table(full_run / "metrics.csv")
-    assert table(half / "eval.csv") == table(full_run / "eval.csv")
-    expected, found = leaves(full_run), leaves(half)
-    assert expected.keys() == found.keys()
-    for name in expected:
-        np.testing.assert_array_equal(found[name], expected[name], err_msg=name)
+    assert_same_run(full_run, half)
 
 
 def test_a_run_written_before_the_harness_layout_change_resumes_exactly(tmp_path, full_run):
@@ -68,12 +73,7 @@ def test_a_run_written_before_the_harness_layout_change_resumes_exactly(tmp_path
     and run (commit d4412ba): resumed by today's code, it ends as today's uninterrupted run does, bit for bit."""
     old = Path(shutil.copytree(ROOT / "tests" / "fixtures" / "run_before_layout", tmp_path / "old"))
     train(dataclasses.replace(ARGS, run_root=str(tmp_path / "unused"), resume=str(old)))
-    assert table(old / "metrics.csv") == table(full_run / "metrics.csv")
-    assert table(old / "eval.csv") == table(full_run / "eval.csv")
-    expected, found = leaves(full_run), leaves(old)
-    assert expected.keys() == found.keys()
-    for name in expected:
-        np.testing.assert_array_equal(found[name], expected[name], err_msg=name)
+    assert_same_run(full_run, old)
 
 
 def test_same_seed_repeats_and_another_seed_differs(tmp_path, full_run):
