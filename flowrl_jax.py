@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization, struct, traverse_util
+from flax.typing import Dtype
 
 
 @dataclasses.dataclass
@@ -63,6 +64,10 @@ class FlowRLConfig:
     given; this and `recent_fraction` say how the reference draws it: `FlowRL.recent_share`)."""
     recent_fraction: float = 0.2
     """Share of each batch drawn from the recent window (the rest is uniform over the buffer)."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Precision of every matmul. `bfloat16` multiplies each layer's inputs and weights in bfloat16, as the
+    reference's bf16 autocast on CUDA does; the parameters, optimiser states, LayerNorms, activations, losses,
+    targets and the flow's state stay float32."""
 
     def validate(self) -> None:
         """Raise ValueError, naming the flag, for a value the algorithm cannot use."""
@@ -79,6 +84,8 @@ class FlowRLConfig:
                 raise ValueError(f"{_flag(name)} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
         if self.policy_loss not in ("reference", "paper"):
             raise ValueError(f"--policy-loss must be `reference` or `paper`, got {self.policy_loss!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"--compute-dtype must be `float32` or `bfloat16`, got {self.compute_dtype!r}")
 
 
 def _flag(name: str) -> str:
@@ -89,7 +96,21 @@ def _flag(name: str) -> str:
 # Networks, with the reference's PyTorch layers: Xavier-uniform weights and zero biases in every Linear, LayerNorm
 # ε = 1e-5 and the exact (erf) GELU. flax's defaults differ in all three (LeCun-normal, ε = 1e-6, tanh GELU).
 # ----------------------------------------------------------------------------------------------------------------------
-dense = partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros)
+# --compute-dtype -> the dtype Dense multiplies in; None: its inputs' and parameters' own (float64 under x64).
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+class Dense(nn.Dense):
+    """nn.Dense whose output has its input's dtype. With `dtype` bfloat16 it rounds its input, kernel and bias to
+    bfloat16 and multiplies in bfloat16 (the parameters stay float32), as a Linear under torch's bf16 autocast does,
+    and what follows (LayerNorm, activations, losses) takes the result in float32, as autocast runs them. Named as
+    flax's, so that the parameters keep their paths (Dense_0, …)."""
+
+    def __call__(self, inputs):
+        return super().__call__(inputs).astype(inputs.dtype)
+
+
+dense = partial(Dense, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros)
 layer_norm = partial(nn.LayerNorm, epsilon=1e-5)
 
 
@@ -102,24 +123,26 @@ class CriticHead(nn.Module):
     → Dense → LN, then Dense(1). The inputs are concatenated ((s, a) for Q, s alone for V)."""
 
     hidden_dim: int
+    compute_dtype: Dtype | None = None  # the matmuls' dtype (COMPUTE_DTYPES)
 
     @nn.compact
     def __call__(self, *inputs):
-        h = dense(self.hidden_dim)(jnp.concatenate(inputs, axis=-1))
-        h = dense(self.hidden_dim)(layer_norm()(h))
+        linear = partial(dense, dtype=self.compute_dtype)
+        h = linear(self.hidden_dim)(jnp.concatenate(inputs, axis=-1))
+        h = linear(self.hidden_dim)(layer_norm()(h))
         h = gelu(layer_norm()(h))
-        h = dense(self.hidden_dim)(h)
+        h = linear(self.hidden_dim)(h)
         h = gelu(layer_norm()(h))
-        h = dense(self.hidden_dim)(h)
-        return dense(1)(layer_norm()(h)).squeeze(-1)
+        h = linear(self.hidden_dim)(h)
+        return linear(1)(layer_norm()(h)).squeeze(-1)
 
 
-def twin_critic(hidden_dim: int) -> nn.Module:
+def twin_critic(hidden_dim: int, compute_dtype: Dtype | None = None) -> nn.Module:
     """Two independent CriticHeads with stacked parameters (each initialised from its own key), applied to the same
     inputs; output [2, batch]."""
     stacked = nn.vmap(CriticHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0,
                       axis_size=2)
-    return stacked(hidden_dim)
+    return stacked(hidden_dim, compute_dtype)
 
 
 class VelocityField(nn.Module):
@@ -127,13 +150,15 @@ class VelocityField(nn.Module):
 
     hidden_dim: int
     action_dim: int
+    compute_dtype: Dtype | None = None  # the matmuls' dtype (COMPUTE_DTYPES)
 
     @nn.compact
     def __call__(self, obs, x, t):
+        linear = partial(dense, dtype=self.compute_dtype)
         h = jnp.concatenate([obs, x, t], axis=-1)
         for _ in range(2):
-            h = nn.elu(layer_norm()(dense(self.hidden_dim)(h)))
-        return dense(self.action_dim)(h)
+            h = nn.elu(layer_norm()(linear(self.hidden_dim)(h)))
+        return linear(self.action_dim)(h)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -274,11 +299,12 @@ POLICY_METRIC_NAMES = ("policy_loss", "q_policy", "cfm_error", "weight_mean", "w
 
 def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL:
     config.validate()
-    velocity_net = VelocityField(config.hidden_dim, action_size)
-    q_net = twin_critic(config.hidden_dim)
+    compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
+    velocity_net = VelocityField(config.hidden_dim, action_size, compute_dtype)
+    q_net = twin_critic(config.hidden_dim, compute_dtype)
     # V_β is one plain head: as a vmapped ensemble of one, its gradient reductions over the size-1 axis made the
     # update ~6 % slower on XLA's CPU backend (benchmarks/results/vbeta_head_ab_cpu.txt).
-    v_net = CriticHead(config.hidden_dim)
+    v_net = CriticHead(config.hidden_dim, compute_dtype)
     optimiser = optax.adam(config.learning_rate)
     if config.max_grad_norm is not None:
         optimiser = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimiser)

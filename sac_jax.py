@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization, struct, traverse_util
+from flax.typing import Dtype
 
 CRITIC_WIDTHS = {"reference": 512, "classic": 256}
 ACTOR_WIDTH = 256
@@ -63,6 +64,10 @@ class SACConfig:
     normalises; the reference does not)."""
     gamma: float = 0.99
     """Discount."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Precision of every matmul. `bfloat16` multiplies each layer's inputs and weights in bfloat16, as FlowRL's
+    reference does under bf16 autocast on CUDA; the parameters, optimiser states, the temperature, LayerNorms,
+    activations, losses and targets stay float32."""
 
     def validate(self) -> None:
         """Raise ValueError, naming the flag, for a value the algorithm cannot use."""
@@ -83,6 +88,8 @@ class SACConfig:
                 raise ValueError(f"{_flag(name)} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
         if self.critic not in CRITIC_WIDTHS:
             raise ValueError(f"--critic must be `reference` or `classic`, got {self.critic!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"--compute-dtype must be `float32` or `bfloat16`, got {self.compute_dtype!r}")
 
 
 def _flag(name: str) -> str:
@@ -93,7 +100,21 @@ def _flag(name: str) -> str:
 # Networks. The reference critic uses FlowRL's reference PyTorch layers: Xavier-uniform weights and zero biases,
 # LayerNorm ε = 1e-5 and the exact (erf) GELU (flax's defaults differ in all three).
 # ----------------------------------------------------------------------------------------------------------------------
-dense = partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros)
+# --compute-dtype -> the dtype Dense multiplies in; None: its inputs' and parameters' own (float64 under x64).
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+class Dense(nn.Dense):
+    """nn.Dense whose output has its input's dtype. With `dtype` bfloat16 it rounds its input, kernel and bias to
+    bfloat16 and multiplies in bfloat16 (the parameters stay float32), as a Linear under torch's bf16 autocast does,
+    and what follows (LayerNorm, activations, losses) takes the result in float32, as autocast runs them. Named as
+    flax's, so that the parameters keep their paths (Dense_0, …)."""
+
+    def __call__(self, inputs):
+        return super().__call__(inputs).astype(inputs.dtype)
+
+
+dense = partial(Dense, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros)
 layer_norm = partial(nn.LayerNorm, epsilon=1e-5)
 
 
@@ -106,38 +127,42 @@ class CriticHead(nn.Module):
     Dense → LN, then Dense(1), on concat[s, a]."""
 
     hidden_dim: int
+    compute_dtype: Dtype | None = None  # the matmuls' dtype (COMPUTE_DTYPES)
 
     @nn.compact
     def __call__(self, *inputs):
-        h = dense(self.hidden_dim)(jnp.concatenate(inputs, axis=-1))
-        h = dense(self.hidden_dim)(layer_norm()(h))
+        linear = partial(dense, dtype=self.compute_dtype)
+        h = linear(self.hidden_dim)(jnp.concatenate(inputs, axis=-1))
+        h = linear(self.hidden_dim)(layer_norm()(h))
         h = gelu(layer_norm()(h))
-        h = dense(self.hidden_dim)(h)
+        h = linear(self.hidden_dim)(h)
         h = gelu(layer_norm()(h))
-        h = dense(self.hidden_dim)(h)
-        return dense(1)(layer_norm()(h)).squeeze(-1)
+        h = linear(self.hidden_dim)(h)
+        return linear(1)(layer_norm()(h)).squeeze(-1)
 
 
 class ClassicCriticHead(nn.Module):
     """One Q(s, a) head as in the SAC paper: 2 × (Dense → ReLU), then Dense(1)."""
 
     hidden_dim: int
+    compute_dtype: Dtype | None = None  # the matmuls' dtype (COMPUTE_DTYPES)
 
     @nn.compact
     def __call__(self, obs, action):
+        linear = partial(Dense, dtype=self.compute_dtype)
         h = jnp.concatenate([obs, action], axis=-1)
         for _ in range(2):
-            h = nn.relu(nn.Dense(self.hidden_dim)(h))
-        return nn.Dense(1)(h).squeeze(-1)
+            h = nn.relu(linear(self.hidden_dim)(h))
+        return linear(1)(h).squeeze(-1)
 
 
-def twin_critic(hidden_dim: int, kind: str) -> nn.Module:
+def twin_critic(hidden_dim: int, kind: str, compute_dtype: Dtype | None = None) -> nn.Module:
     """Two independent heads of the `kind` architecture (see SACConfig.critic), each initialised from its own key,
     with stacked parameters; output [2, batch]."""
     head = CriticHead if kind == "reference" else ClassicCriticHead
     stacked = nn.vmap(head, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0,
                       axis_size=2)
-    return stacked(hidden_dim)
+    return stacked(hidden_dim, compute_dtype)
 
 
 class Actor(nn.Module):
@@ -148,14 +173,16 @@ class Actor(nn.Module):
 
     hidden_dim: int
     action_dim: int
+    compute_dtype: Dtype | None = None  # the matmuls' dtype (COMPUTE_DTYPES)
 
     @nn.compact
     def __call__(self, obs):
+        linear = partial(Dense, dtype=self.compute_dtype)
         h = obs
         for _ in range(2):
-            h = nn.relu(nn.Dense(self.hidden_dim)(h))
-        mean = nn.Dense(self.action_dim)(h)
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(nn.Dense(self.action_dim)(h)) + 1.0)
+            h = nn.relu(linear(self.hidden_dim)(h))
+        mean = linear(self.action_dim)(h)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(linear(self.action_dim)(h)) + 1.0)
         return mean, log_std
 
 
@@ -280,8 +307,9 @@ def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
         critic_hidden_dim=config.critic_hidden_dim or config.hidden_dim or CRITIC_WIDTHS[config.critic],
         target_entropy=-float(action_size) if config.target_entropy is None else config.target_entropy,
     )
-    actor_net = Actor(config.actor_hidden_dim, action_size)
-    q_net = twin_critic(config.critic_hidden_dim, config.critic)
+    compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
+    actor_net = Actor(config.actor_hidden_dim, action_size, compute_dtype)
+    q_net = twin_critic(config.critic_hidden_dim, config.critic, compute_dtype)
     optimiser = optax.adam(config.learning_rate)
     if config.max_grad_norm is not None:
         optimiser = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimiser)
