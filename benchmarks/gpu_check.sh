@@ -7,7 +7,8 @@
 #    (one process each, 16 cores compile in parallel; compile times land in the CSVs with chunks=1 / repeats=0).
 # 3. timed: the same jobs one after the other, programs loaded from the cache: per E, the bare env step rate
 #    (env_rate.csv) and, per algorithm, the training script with its defaults (train_rate.csv: env-steps/s,
-#    updates/s, peak device memory).
+#    updates/s, peak device memory); then per algorithm and width, the update's rate in float32 and in bfloat16 at
+#    each batch size (precision_rate.csv, benchmarks/precision_throughput.py).
 # 4. flagship: `python flowrl_jax.py --env humanoid-walk` for the time left, stopped by SIGTERM (the script then
 #    checkpoints); its metrics.csv, eval.csv and config.json are copied to OUTDIR.
 # Every stage and job has its own time budget and a failed one does not stop the next. stages.csv says how each
@@ -22,10 +23,12 @@ env_repeats=${GPU_CHECK_ENV_REPEATS:-3}
 flowrl_flags=${GPU_CHECK_FLOWRL_FLAGS:-}       # added to every flowrl_jax.py run, the flagship's too
 sac_flags=${GPU_CHECK_SAC_FLAGS:-}
 flagship_flags=${GPU_CHECK_FLAGSHIP_FLAGS:-}   # added to the flagship run only
+precision_widths=${GPU_CHECK_PRECISION_WIDTHS:-256 512}  # one precision job per algorithm and width
+precision_flags=${GPU_CHECK_PRECISION_FLAGS:-}  # added to every precision job (default: batch 256 and 512, both dtypes)
 total_s=${GPU_CHECK_TOTAL_S:-540}              # the whole script
 setup_s=${GPU_CHECK_SETUP_S:-90}
 compile_s=${GPU_CHECK_COMPILE_S:-150}
-timed_s=${GPU_CHECK_TIMED_S:-180}              # all timed jobs together
+timed_s=${GPU_CHECK_TIMED_S:-240}              # all timed jobs together
 job_s=${GPU_CHECK_JOB_S:-45}                   # one timed job at most
 reserve_s=${GPU_CHECK_RESERVE_S:-40}           # after the flagship's SIGTERM: its checkpoint, copying the files
 python=${PYTHON:-python3}
@@ -62,13 +65,20 @@ run() {
   say "$stage $job: rc $rc after $((SECONDS - began)) s"
 }
 
-# The measurement jobs, one line each: NAME then the gpu_check.py arguments of a timed job.
+# The measurement jobs, one line each: NAME, KIND, then the arguments of a timed job (env, train: gpu_check.py's;
+# precision: benchmarks/precision_throughput.py's).
 jobs() {
-  local e algo
+  local e algo width
   for e in $num_envs; do
     echo "env-$e env --env $task --num-envs $e --steps $env_steps --out $out/env_rate.csv"
     for algo in $algos; do
       echo "$algo-$e train --algo $algo --env $task --num-envs $e --out $out/train_rate.csv -- $(flags "$algo")"
+    done
+  done
+  for algo in $algos; do
+    for width in $precision_widths; do
+      echo "precision-$algo-$width precision --algos $algo --widths $width --env $task" \
+        "--out $out/precision_rate.csv $precision_flags"
     done
   done
 }
@@ -91,14 +101,18 @@ grep '^\[versions\] ' "$log" | sed 's/^\[versions\] //' >> "$out/versions.txt"
 say "compile: every job at once (budget ${compile_s} s)"
 # Many processes share the GPU here: each allocates as it goes instead of taking 75 % of the memory up front.
 while read -r name kind args; do
-  if [[ $kind == env ]]; then
-    XLA_PYTHON_CLIENT_PREALLOCATE=false run compile "$name" "$compile_s" KILL \
-      "$python" benchmarks/gpu_check.py env $args --repeats 0 &
-  else
-    # The run root must be new and empty per job: the job finds its metrics.csv there.
-    XLA_PYTHON_CLIENT_PREALLOCATE=false run compile "$name" "$compile_s" KILL \
-      "$python" benchmarks/gpu_check.py train --chunks 1 --run-root "$tmp/compile-$name" $args &
-  fi
+  case $kind in
+    env)
+      XLA_PYTHON_CLIENT_PREALLOCATE=false run compile "$name" "$compile_s" KILL \
+        "$python" benchmarks/gpu_check.py env $args --repeats 0 & ;;
+    train)
+      # The run root must be new and empty per job: the job finds its metrics.csv there.
+      XLA_PYTHON_CLIENT_PREALLOCATE=false run compile "$name" "$compile_s" KILL \
+        "$python" benchmarks/gpu_check.py train --chunks 1 --run-root "$tmp/compile-$name" $args & ;;
+    precision)
+      XLA_PYTHON_CLIENT_PREALLOCATE=false run compile "$name" "$compile_s" KILL \
+        "$python" benchmarks/precision_throughput.py $args --repeats 0 & ;;
+  esac
 done < <(jobs)
 wait
 
@@ -111,12 +125,12 @@ while read -r name kind args; do
     say "timed $name: skipped, out of time"
     continue
   fi
-  if [[ $kind == env ]]; then
-    run timed "$name" "$budget" KILL "$python" benchmarks/gpu_check.py env $args --repeats "$env_repeats"
-  else
-    run timed "$name" "$budget" KILL \
-      "$python" benchmarks/gpu_check.py train --chunks "$chunks" --run-root "$tmp/timed-$name" $args
-  fi
+  case $kind in
+    env) run timed "$name" "$budget" KILL "$python" benchmarks/gpu_check.py env $args --repeats "$env_repeats" ;;
+    train) run timed "$name" "$budget" KILL \
+      "$python" benchmarks/gpu_check.py train --chunks "$chunks" --run-root "$tmp/timed-$name" $args ;;
+    precision) run timed "$name" "$budget" KILL "$python" benchmarks/precision_throughput.py $args ;;
+  esac
 done < <(jobs)
 
 flagship_s=$((total_s - (SECONDS - start) - reserve_s))

@@ -3,6 +3,8 @@ a row is appended."""
 
 import csv
 import datetime
+import fcntl
+import os
 import platform
 import shlex
 import sys
@@ -31,13 +33,16 @@ def cpu_flags() -> dict[str, bool]:
 
 
 def append_row(path: str | Path, row: dict) -> None:
-    """Append to a CSV, writing the header when the file is new."""
+    """Append to a CSV, writing the header when the file is empty; under a file lock, as several processes may
+    append to one CSV at once (benchmarks/gpu_check.sh's compile stage)."""
     print(row, flush=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not path.exists()
     with path.open("a", newline="") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        file.seek(0, os.SEEK_END)
         writer = csv.DictWriter(file, fieldnames=list(row))
-        if new_file:
+        if file.tell() == 0:
             writer.writeheader()
         writer.writerow(row)
+        file.flush()

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import algorithms  # noqa: E402
 from benchmarks.flops import CPU_PEAK_GFLOPS, matmul_flops  # noqa: E402
 from benchmarks.record import append_row, provenance  # noqa: E402
-from benchmarks.timing import best_seconds  # noqa: E402
+from benchmarks.timing import best_seconds, seconds_per_update  # noqa: E402
 from common.core.chunk import make_update  # noqa: E402
 from common.envs.playground import BatchedEnv  # noqa: E402
 from common.envs.tasks import resolve_task  # noqa: E402
@@ -128,10 +128,7 @@ def measure(args: Args, num_envs: int, devices: int = 1) -> dict:
     update = make_update(run.spec, trainer.agent)  # one update as the chunk runs it: a batch drawn, then the step
     fewest, most = matmul_flops(update, holder[0], jax.random.key(1))
     update_flops = fewest + (most - fewest) / getattr(run_args, "policy_delay", 1)
-    update_keys = jax.random.split(jax.random.key(1), args.update_only)
-    updates = jax.jit(lambda state, keys: jax.lax.scan(update, state, keys)[1])
-    compiled_updates = updates.lower(holder[0], update_keys).compile()
-    update_seconds = best_seconds(lambda: compiled_updates(holder[0], update_keys), args.repeats) / args.update_only
+    update_seconds = seconds_per_update(update, holder[0], args.update_only, args.repeats)
 
     return dict(
         row, update_only_per_s=round(1.0 / update_seconds, 2), gflop_per_update=round(update_flops / 1e9, 3),

@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.sh, the prepared GPU check, run whole on the CPU at tiny sizes so that it cannot rot unseen
 between the rare runs on a GPU; and its rate arithmetic on synthetic chunks. To keep the suite's compile time down
-the whole run measures FlowRL alone: SAC's jobs are the same commands with sac_jax.py."""
+the whole run measures FlowRL alone (SAC's jobs are the same commands with sac_jax.py), and its precision job
+bfloat16 alone, at one width and batch size."""
 
 import csv
 import json
@@ -41,7 +42,8 @@ def test_gpu_check_runs_every_stage_and_writes_its_csvs(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_ENV="cartpole-balance", GPU_CHECK_NUM_ENVS="4",
                GPU_CHECK_ALGOS="flowrl", GPU_CHECK_CHUNKS="3", GPU_CHECK_ENV_STEPS="8", GPU_CHECK_ENV_REPEATS="2",
-               GPU_CHECK_FLOWRL_FLAGS=f"{TINY} --hidden-dim 16",
+               GPU_CHECK_FLOWRL_FLAGS=f"{TINY} --hidden-dim 16", GPU_CHECK_PRECISION_WIDTHS="16",
+               GPU_CHECK_PRECISION_FLAGS="--batch-sizes 16 --compute-dtypes bfloat16 --updates 2",
                # the flagship's E as the timed job's, so that it loads that job's compiled chunk
                GPU_CHECK_FLAGSHIP_FLAGS="--num-envs 4 --total-steps 48 --eval-interval 32",
                # budgets far above what the CPU needs: nothing may be cut short here
@@ -53,11 +55,12 @@ def test_gpu_check_runs_every_stage_and_writes_its_csvs(tmp_path):
 
     files = sorted(path.name for path in out.iterdir())
     assert files == sorted(["gpu_check.log", "versions.txt", "stages.csv", "env_rate.csv", "train_rate.csv",
-                            "flagship_metrics.csv", "flagship_eval.csv", "flagship_config.json"])
+                            "precision_rate.csv", "flagship_metrics.csv", "flagship_eval.csv",
+                            "flagship_config.json"])
     _, stages = read_csv(out / "stages.csv")
     assert {(s["stage"], s["job"]) for s in stages} == {
-        ("setup", "versions"), ("compile", "env-4"), ("compile", "flowrl-4"), ("timed", "env-4"),
-        ("timed", "flowrl-4"), ("flagship", "flagship")}
+        ("setup", "versions"), ("compile", "env-4"), ("compile", "flowrl-4"), ("compile", "precision-flowrl-16"),
+        ("timed", "env-4"), ("timed", "flowrl-4"), ("timed", "precision-flowrl-16"), ("flagship", "flagship")}
     assert all(s["rc"] == "0" for s in stages), stages  # the tiny flagship ends by its --total-steps
     assert "jax " in (out / "versions.txt").read_text()
 
@@ -77,6 +80,14 @@ def test_gpu_check_runs_every_stage_and_writes_its_csvs(tmp_path):
     compiled, = [r for r in rows if r["repeats"] == "0"]
     timed, = [r for r in rows if r["repeats"] == "2"]
     assert compiled["env_steps_per_s"] == "" and float(timed["env_steps_per_s"]) > 0
+
+    _, rows = read_csv(out / "precision_rate.csv")
+    compiled, = [r for r in rows if r["repeats"] == "0"]
+    timed, = [r for r in rows if r["repeats"] != "0"]
+    assert compiled["updates_per_s"] == "" and float(timed["updates_per_s"]) > 0
+    assert (timed["algo"], timed["env"], timed["hidden_dim"], timed["batch_size"], timed["compute_dtype"]) == (
+        "flowrl", "cartpole-balance", "16", "16", "bfloat16")
+    assert timed["avx512_bf16"] in ("True", "False") and timed["device"].startswith("cpu")
 
     _, evaluations = read_csv(out / "flagship_eval.csv")
     assert [int(e["step"]) for e in evaluations] == [32, 48]
