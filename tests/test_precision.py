@@ -35,7 +35,7 @@ METRIC_BOUND, STEP_BOUND, STEP_FLOOR = 5e-2, 0.15, 1e-3
 
 @pytest.fixture(scope="module", params=list(CASES))
 def agreement(request):
-    module, config = CASES[request.param]
+    _, config = CASES[request.param]
     return request.param, precision_agreement.measure(request.param, config, OBS_SIZE, ACTION_SIZE, BATCH_SIZE)
 
 
