@@ -5,6 +5,7 @@ exported policy acts in it."""
 import dataclasses
 import json
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -31,6 +32,7 @@ BATCH_SIZE = 16
 # the smallest of a parameter step 2.8e-3. The upper bounds leave about 3× that margin; the lower one fails when
 # both runs are float32 (their difference is exactly 0).
 METRIC_BOUND, STEP_BOUND, STEP_FLOOR = 5e-2, 0.15, 1e-3
+OLD_RUN = Path(__file__).parent / "fixtures" / "run_before_layout"
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -125,6 +127,12 @@ def test_a_resumed_run_keeps_its_precision_and_refuses_another(tmp_path, capsys)
         cli.parse_args(args_class, flowrl.make_flowrl, ["--resume", str(tmp_path), "--compute-dtype", "float32"])
     assert refused.value.code == 2
     assert "--compute-dtype: 'bfloat16' in the run, 'float32' now" in capsys.readouterr().err
+    # A run written before the flag existed trained in float32: it is refused bfloat16 too.
+    assert "compute_dtype" not in json.loads((OLD_RUN / "config.json").read_text())
+    with pytest.raises(SystemExit) as refused:
+        cli.parse_args(args_class, flowrl.make_flowrl, ["--resume", str(OLD_RUN), "--compute-dtype", "bfloat16"])
+    assert refused.value.code == 2
+    assert "--compute-dtype: 'float32' in the run, 'bfloat16' now" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("make, config_class", [(flowrl.make_flowrl, flowrl.FlowRLConfig),

@@ -4,7 +4,7 @@ xdist workers and the subprocesses the tests start, which inherit PYTEST_CURRENT
     COMPILE_TIME_DIR=/tmp/compile PYTHONPATH=benchmarks/suite_compile_time python -m pytest -q -n 2 --dist loadfile tests
 
 Python imports this module at start-up when its folder is on PYTHONPATH. Each process appends
-`test<TAB>event<TAB>seconds` rows to COMPILE_TIME_DIR/<pid>.tsv when it exits (a process killed by a signal writes
+`test<TAB>event<TAB>seconds<TAB>program` rows to COMPILE_TIME_DIR/<pid>.tsv when it exits (a process killed by a signal writes
 nothing). Events: tracing, lowering to MLIR, XLA's backend compile, and the compile time that a persistent-cache hit
 saved. benchmarks/results/test_suite/README.md sums them."""
 
@@ -20,10 +20,10 @@ if OUT:
 
     rows = []
 
-    def listen(event, duration, **_):
+    def listen(event, duration, fun_name="-", **_):
         if event in EVENTS:
             test = os.environ.get("PYTEST_CURRENT_TEST", "-").split(" (")[0]
-            rows.append(f"{test}\t{event.rsplit('/', 1)[1]}\t{duration:.4f}\n")
+            rows.append(f"{test}\t{event.rsplit('/', 1)[1]}\t{duration:.4f}\t{fun_name}\n")
 
     def dump():
         if rows:

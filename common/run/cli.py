@@ -328,7 +328,9 @@ def parse_args(args_class: type, make_agent: MakeAlgorithm, argv: list[str] | No
             saved = resume.saved_config(value)
             fields = {field.name for field in dataclasses.fields(args_class)}
             flags = parse_with_tyro(args_class, argv, args_class(**{k: v for k, v in saved.items() if k in fields}))
-            differences = resume.config_differences(saved, dataclasses.asdict(flags))
+            # A flag that the run's config.json lacks is newer than the run, which ran as its default does.
+            differences = resume.config_differences({**dataclasses.asdict(args_class()), **saved},
+                                                    dataclasses.asdict(flags))
             if differences:
                 raise ValueError("--resume: these flags differ from the run and cannot change: "
                                  + "; ".join(differences))
