@@ -1,5 +1,5 @@
 """Test-session setup: one persistent XLA compilation cache for the whole suite run, shared by the pytest workers,
-the in-process tests and every subprocess they start.
+the in-process tests and every subprocess they start; and the slowest test files first.
 
 Most of the suite's time is XLA compilation. With the cache, a program that one test compiled (an MJX env step, a
 chunk, an evaluator) is loaded by every later test and subprocess that builds the same program, instead of being
@@ -13,6 +13,7 @@ import shutil
 import tempfile
 
 import jax
+import pytest
 
 # As common/__init__.py does, before any test module imports MuJoCo (which fixes its GL backend on import).
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -31,3 +32,23 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 def pytest_unconfigure(config):
     if OWN_CACHE and not hasattr(config, "workerinput"):  # the controller (or a run without workers) made it
         shutil.rmtree(CACHE_DIR, ignore_errors=True)
+
+
+# The slowest files, slowest first (benchmarks/results/test_suite/). With `--dist loadfile` each file runs whole on one
+# worker, and xdist would start the files with the most tests first, leaving a slow file with few tests to run alone
+# at the end. Files not named keep their order after these.
+SLOWEST_FIRST = ("test_devices.py", "test_flowrl_train.py", "test_sac.py", "test_host_envs.py", "test_seeds.py",
+                 "test_gpu_check.py", "test_video.py", "test_soak.py", "test_resume.py", "test_contract.py",
+                 "test_standalone.py", "test_interrupt.py", "test_envs.py", "test_myosuite.py", "test_precision.py",
+                 "test_host_learning.py", "test_robust_runs.py", "test_numerics.py")
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's reordering by number of tests
+        config.option.loadscopereorder = False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort: tests keep their order in a file

@@ -118,11 +118,11 @@ def test_two_processes_wait_for_a_late_one_stop_together_and_resume_to_what_one_
     as a slow host would be, and a SIGTERM pending for it: both stop after the first chunk with a checkpoint. Two
     processes resume that run to the end, which equals one process with two devices."""
     placement = ["--devices=0", "--num-seeds=2"]
-    one = run(["-m", "tests.minimal_ddpg", *SMALL, *placement, f"--run-root={tmp_path / 'one'}"],
-              {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-    assert one.returncode == 0, one.stderr[-3000:]
-    (one_dir,) = (tmp_path / "one").iterdir()
-
+    # The one-process run trains while the two processes wait for each other (the CPU is mostly idle then).
+    one_started = subprocess.Popen(
+        [sys.executable, "-m", "tests.minimal_ddpg", *SMALL, *placement, f"--run-root={tmp_path / 'one'}"], cwd=ROOT,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
     started = start_two_processes([*SMALL, *placement, f"--run-root={tmp_path / 'two'}"])
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not (tmp_path / "two").is_dir() and started[0].poll() is None:
@@ -140,6 +140,10 @@ def test_two_processes_wait_for_a_late_one_stop_together_and_resume_to_what_one_
     assert saved.name == "checkpoint_000000000008.msgpack"
     config = json.loads((two_dir / "config.json").read_text())
     assert config["process_count"] == 2 and config["device_count"] == 2 and config["mesh_shape"] == {"seeds": 2}
+
+    (one,) = finished([one_started])
+    assert one.returncode == 0, one.stderr[-3000:]
+    (one_dir,) = (tmp_path / "one").iterdir()
 
     rest = two_processes([f"--resume={two_dir}"])
     assert [r.returncode for r in rest] == [0, 0], rest[0].stderr[-3000:] + rest[1].stderr[-3000:]
