@@ -15,7 +15,8 @@ import pytest
 
 import flowrl_jax as flowrl
 import sac_jax as sac
-from benchmarks import precision_agreement
+from benchmarks import algorithms, precision_agreement
+from common.core.chunk import params_finite
 from common.core.layout import Layout
 from common.envs.tasks import task_sizes
 from common.run import cli, policy_export
@@ -66,8 +67,8 @@ def test_a_bfloat16_update_agrees_with_float32_within_bfloat16_rounding(agreemen
 
 @pytest.mark.parametrize("algo", list(CASES))
 def test_every_matmul_of_the_update_runs_in_the_compute_dtype(algo):
-    module, config = CASES[algo]
-    make = module.make_flowrl if module is flowrl else module.make_sac
+    _, config = CASES[algo]
+    make = algorithms.ALGORITHMS[algo][1]
     batch = precision_agreement.random_batch(jax.random.key(0), BATCH_SIZE, OBS_SIZE, ACTION_SIZE)
 
     def matmul_dtypes(compute_dtype: str) -> list[str]:
@@ -88,7 +89,7 @@ def test_a_non_finite_value_in_a_bfloat16_update_stops_the_run(agreement):
     batch = dict(result.batch, obs=result.batch["obs"].at[0, 0].set(jnp.nan))
     state, metrics = jax.device_get(result.updates["bfloat16"](result.before, batch, jax.random.key(3)))
     chunk_metrics = {name: np.array([value]) for name, value in metrics.items()}
-    chunk_metrics["params_finite"] = np.array([all(np.isfinite(leaf).all() for leaf in float_leaves(state))])
+    chunk_metrics["params_finite"] = np.array([params_finite(state)])
     assert not chunk_metrics["params_finite"][0] and np.isnan(chunk_metrics["critic_loss"][0])
     with pytest.raises(FloatingPointError, match="non-finite network parameters"):
         check_finite(chunk_metrics, step=64, seeds=[1])
@@ -97,7 +98,7 @@ def test_a_non_finite_value_in_a_bfloat16_update_stops_the_run(agreement):
 def test_an_exported_policy_acts_in_the_precision_it_was_trained_in(agreement, tmp_path):
     algo, result = agreement
     module, config = CASES[algo]
-    make = module.make_flowrl if module is flowrl else module.make_sac
+    make = algorithms.ALGORITHMS[algo][1]
     agent = make(dataclasses.replace(config, compute_dtype="bfloat16"), OBS_SIZE, ACTION_SIZE)
     trained = result.after["bfloat16"]
     env = SimpleNamespace(obs_size=OBS_SIZE, action_size=ACTION_SIZE, action_low=-np.ones(ACTION_SIZE),

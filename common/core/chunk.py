@@ -114,6 +114,12 @@ def make_update(spec: ChunkSpec, agent: Algorithm) -> Callable:
     return update
 
 
+def params_finite(learner) -> jax.Array:
+    """Whether every floating leaf of the learner state is finite: the run stops on False (callbacks.check_finite)."""
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(learner)
+                              if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+
 def make_chunk(spec: ChunkSpec, agent: Algorithm, env: VectorEnv) -> tuple[Callable, int]:
     """The compiled chunk `state -> (state, metrics)`, and the env steps it covers. The metrics in
     agent.policy_metric_names average over the updates that moved the policy only (agent.policy_updated), every
@@ -171,8 +177,7 @@ def make_chunk(spec: ChunkSpec, agent: Algorithm, env: VectorEnv) -> tuple[Calla
         metrics["train_episodes"] = episodes
         metrics["nonfinite_env_resets"] = stats["nonfinite"].sum()
         metrics["train_return"] = jnp.where(episodes > 0, stats["return_sum"].sum() / jnp.maximum(episodes, 1), jnp.nan)
-        metrics["params_finite"] = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(state.learner)
-                                                      if jnp.issubdtype(x.dtype, jnp.floating)]))
+        metrics["params_finite"] = params_finite(state.learner)
         return state, metrics
 
     return chunk, iterations * num_envs
