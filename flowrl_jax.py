@@ -294,7 +294,11 @@ class FlowRL(NamedTuple):
     progress_metric: str = "critic_loss"
 
 
-POLICY_METRIC_NAMES = ("policy_loss", "q_policy", "cfm_error", "weight_mean", "weight_min", "weight_max")
+POLICY_METRIC_NAMES = ("policy_loss", "q_policy", "cfm_error", "weight_mean", "weight_min", "weight_max",
+                       "action_spread", "dq_da")
+"""The last two diagnose exploration. action_spread: the policy's standard deviation over x_0 per action dimension,
+averaged over the batch (estimated from two noises per state; 0 when the flow maps every x_0 to one action).
+dq_da: the mean norm of ∂ min Q/∂a at the policy's actions, the pull that the Q term exerts."""
 
 
 def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL:
@@ -382,18 +386,27 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
         update_count = state.updates + 1
         policy_step = is_policy_update(update_count, config.policy_delay)
 
-        def policy_loss_fn(params):
-            q_policy = q_net.apply(q_params, obs, sample_action(params, obs, policy_noise_key)).min(0)
+        def policy_loss_fn(params, q_action_probe):
+            policy_action = sample_action(params, obs, policy_noise_key)
+            # q_action_probe is zero: its gradient is ∂loss/∂a at the policy's actions, which the backward pass
+            # computes anyway, read out for the dq_da metric.
+            q_policy = q_net.apply(q_params, obs, policy_action + q_action_probe).min(0)
             weights = flow_matching_weights(q_beta_min, q_policy, config.lagrange)
             t = jax.random.uniform(cfm_time_key, (action.shape[0], 1))
             x_t, target_velocity = flow_matching_pairs(action, clipped_noise(cfm_noise_key, action.shape), t)
             cfm_error = ((velocity_net.apply(params, obs, x_t, t) - target_velocity) ** 2).mean(-1)
             loss = policy_objective(q_policy, cfm_error, weights, config.policy_loss)
-            values = (loss, q_policy.mean(), cfm_error.mean(), weights.mean(), weights.min(), weights.max())
+            # A second noise per state, from a key of its own so that the update's draws stay the reference's.
+            other_action = sample_action(params, obs, jax.random.fold_in(policy_noise_key, 1))
+            spread = jnp.sqrt(0.5 * jnp.mean(jax.lax.stop_gradient(policy_action - other_action) ** 2))
+            values = (loss, q_policy.mean(), cfm_error.mean(), weights.mean(), weights.min(), weights.max(), spread)
             return loss, dict(zip(POLICY_METRIC_NAMES, values))
 
         def policy_and_targets(_):
-            grads, metrics = jax.grad(policy_loss_fn, has_aux=True)(state.policy)
+            (grads, q_action_grad), metrics = jax.grad(policy_loss_fn, argnums=(0, 1), has_aux=True)(
+                state.policy, jnp.zeros_like(action))
+            # Both objectives average −Q over the batch, so B·∂loss/∂a is −∂Q/∂a per sample.
+            metrics["dq_da"] = jnp.linalg.norm(q_action_grad * action.shape[0], axis=-1).mean()
             policy, policy_opt = adam_step(state.policy, state.policy_opt, grads)
             q_target = optax.incremental_update(q_params, state.q_target, config.target_rate)
             q_beta_target = optax.incremental_update(q_beta_params, state.q_beta_target, config.target_rate)

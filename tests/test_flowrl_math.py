@@ -163,3 +163,28 @@ def test_an_update_compiles_and_runs_in_float64():
             assert all(value.dtype == jnp.float64 for value in metrics.values()), metrics
             assert all(np.isfinite(value) for value in jax.device_get(metrics).values())
         assert jax.tree.leaves(state.policy)[0].dtype == jnp.float64
+
+
+@pytest.mark.parametrize("policy_loss", ["reference", "paper"])
+def test_exploration_diagnostics_equal_a_direct_computation(policy_loss):
+    """action_spread and dq_da, read out of the policy step, equal the same quantities computed outside the update
+    from its own keys: the spread of two actions per state, and ∂ min Q/∂a at the policy's actions under the critic
+    the policy step uses (the one just updated)."""
+    agent = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16, policy_loss=policy_loss), 3, 2)
+    state = agent.init(jax.random.key(0))
+    keys = jax.random.split(jax.random.key(1), 4)
+    obs = jax.random.normal(keys[0], (32, 3))
+    batch = dict(obs=obs, action=jax.random.uniform(keys[1], (32, 2), minval=-1.0, maxval=1.0),
+                 reward=jax.random.normal(keys[2], (32,)), next_obs=obs[::-1], mask=jnp.ones(32))
+    update_key = jax.random.key(5)
+    new_state, metrics = jax.jit(agent.update)(state, batch, update_key)
+
+    policy_noise_key = jax.random.split(update_key, 4)[1]
+    action = agent.act(state, obs, policy_noise_key)
+    other_action = agent.act(state, obs, jax.random.fold_in(policy_noise_key, 1))
+    spread = jnp.sqrt(0.5 * jnp.mean((action - other_action) ** 2))
+    critic = flowrl.twin_critic(16)
+    dq_da = jax.grad(lambda a: critic.apply(new_state.q, obs, a).min(0).sum())(action)
+    assert float(metrics["action_spread"]) == pytest.approx(float(spread), rel=1e-5)
+    assert float(metrics["dq_da"]) == pytest.approx(float(jnp.linalg.norm(dq_da, axis=-1).mean()), rel=1e-4)
+    assert float(metrics["action_spread"]) > 0.05 and float(metrics["dq_da"]) > 0.0  # a fresh policy spreads
