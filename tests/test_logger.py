@@ -72,7 +72,7 @@ def test_metrics_csv_header_missing_and_unknown_keys(run):
     assert len(read_rows(path)) == 3  # the rejected row wrote nothing
 
 
-def test_resume_appends_without_new_header(tmp_path):
+def test_resume_appends_under_the_files_header_and_extends_it_for_new_metrics(tmp_path):
     first = RunLogger(tmp_path, {}, total_steps=100)
     first.log_train(0, {"loss": 1.0, "q": 2.0})
     first.log_eval(0, np.array([1.0, 2.0]), "deterministic")
@@ -80,10 +80,12 @@ def test_resume_appends_without_new_header(tmp_path):
     second = RunLogger(tmp_path, {}, total_steps=100)
     second.log_train(50, {"q": 3.0})
     second.log_eval(50, np.array([3.0]), "deterministic")
-    with pytest.raises(ValueError, match="extra"):  # the header comes from the existing file
-        second.log_train(60, {"extra": 1.0})
-    second.close()
     assert read_rows(tmp_path / "metrics.csv") == [["step", "loss", "q"], ["0", "1.0", "2.0"], ["50", "", "3.0"]]
+    second.log_train(60, {"q": 4.0, "extra": 1.0})  # code that logs a metric more than the code that began the run
+    second.log_train(70, {"extra": 5.0})
+    second.close()
+    assert read_rows(tmp_path / "metrics.csv") == [["step", "loss", "q", "extra"], ["0", "1.0", "2.0", ""],
+                                                   ["50", "", "3.0", ""], ["60", "", "4.0", "1.0"], ["70", "", "", "5.0"]]
     eval_rows = read_rows(tmp_path / "eval.csv")
     assert [r[0] for r in eval_rows] == ["step", "0", "50"]
 

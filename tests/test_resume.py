@@ -45,9 +45,13 @@ def leaves(run_dir: Path) -> dict:
     return checkpoint_leaves(checkpoint.list_checkpoints(run_dir / "checkpoints")[-1])
 
 
-def assert_same_run(a: Path, b: Path) -> None:
-    """Two runs wrote the same rows (wall-clock columns aside) and the same final train state, bit for bit."""
-    assert table(a / "metrics.csv") == table(b / "metrics.csv")
+def assert_same_run(a: Path, b: Path, blank_through_step: tuple[int, list[str]] = (-1, [])) -> None:
+    """Two runs wrote the same rows (wall-clock columns aside) and the same final train state, bit for bit.
+    blank_through_step (step, columns): b left those metrics columns empty up to that step (code that logged fewer)."""
+    last_blank_step, blank = blank_through_step
+    expected = [{k: "" if k in blank and int(row["step"]) <= last_blank_step else v for k, v in row.items()}
+                for row in table(a / "metrics.csv")]
+    assert expected == table(b / "metrics.csv")
     assert table(a / "eval.csv") == table(b / "eval.csv")
     expected, found = leaves(a), leaves(b)
     assert expected.keys() == found.keys()
@@ -72,8 +76,15 @@ def test_a_run_written_before_the_harness_layout_change_resumes_exactly(tmp_path
     """tests/fixtures/run_before_layout is ARGS run to step 32 by the code before common/ was split into core, envs
     and run (commit d4412ba): resumed by today's code, it ends as today's uninterrupted run does, bit for bit."""
     old = Path(shutil.copytree(ROOT / "tests" / "fixtures" / "run_before_layout", tmp_path / "old"))
+    with (old / "metrics.csv").open(newline="") as f:
+        old_columns = next(csv.reader(f))
     train(dataclasses.replace(ARGS, run_root=str(tmp_path / "unused"), resume=str(old)))
-    assert_same_run(full_run, old)
+    # Metrics added since (the exploration diagnostics) extend the header; the rows the old code wrote keep theirs.
+    added = [name for name in table(full_run / "metrics.csv")[0] if name not in old_columns and name not in TIMING]
+    assert added == ["action_spread", "dq_da"]
+    for row in table(old / "metrics.csv"):
+        assert all(row[name] == "" for name in added) == (int(row["step"]) <= 32), row
+    assert_same_run(full_run, old, blank_through_step=(32, added))
 
 
 def test_same_seed_repeats_and_another_seed_differs(tmp_path, full_run):

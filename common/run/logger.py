@@ -30,12 +30,16 @@ def make_run_dir(root: str | Path, env_name: str, backend: str, algo: str, seed:
 
 
 class _CsvLog:
-    """Append-only CSV whose header is fixed by the first row ever written, or by the file when resuming."""
+    """Append-only CSV whose header is fixed by the first row ever written, or by the file when resuming. A resumed
+    file's header grows when a row brings columns it lacks (code that logs more metrics than the code that started
+    the run): the file is rewritten once, its earlier rows with those cells empty. In a run's own file a new column
+    is a bug, and is refused."""
 
     def __init__(self, path: Path, keep_through_step: int | None = None):
         self.path = path
         self.columns = None
-        if path.exists() and path.stat().st_size > 0:
+        self.resumed = path.exists() and path.stat().st_size > 0
+        if self.resumed:
             with path.open(newline="") as f:
                 self.columns, *rows = list(csv.reader(f))
             if keep_through_step is not None:  # resuming: drop the rows logged after the checkpoint
@@ -51,11 +55,25 @@ class _CsvLog:
         if self.columns is None:
             self.columns = list(row)
             self.writer.writerow(self.columns)
-        unknown = [k for k in row if k not in self.columns]
-        if unknown:  # a new column would be silently dropped or would shift the others
-            raise ValueError(f"{self.path.name}: {unknown} not in its header {self.columns} (fixed by the first row)")
+        added = [k for k in row if k not in self.columns]
+        if added and not self.resumed:  # a new column would be silently dropped or would shift the others
+            raise ValueError(f"{self.path.name}: {added} not in its header {self.columns} (fixed by the first row)")
+        if added:
+            self._extend_header(added)
         self.writer.writerow([row.get(k, "") for k in self.columns])
         self.file.flush()  # a killed run keeps every row written so far
+
+    def _extend_header(self, added: list[str]) -> None:
+        self.file.close()
+        with self.path.open(newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        self.columns = self.columns + added
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("w", newline="") as f:
+            csv.writer(f).writerows([self.columns, *(row + [""] * len(added) for row in rows)])
+        temporary.replace(self.path)  # atomic: a kill leaves the old file or the new one, never half of either
+        self.file = self.path.open("a", newline="")
+        self.writer = csv.writer(self.file)
 
     def close(self) -> None:
         self.file.close()
