@@ -1,6 +1,7 @@
 """Runs in a subprocess of tests/test_devices.py with XLA_FLAGS=--xla_force_host_platform_device_count=4: each
 placement of the minimal DDPG on 4 CPU "devices" against the same program on one device, and the replica check.
-Prints one JSON line of findings; the test asserts on them."""
+Prints one JSON line of findings; the test asserts on them. The envs are tests/toy_env.py's (a placement does not
+depend on the physics; test_devices' data-parallel resume places MJX's state through the command line)."""
 
 import dataclasses
 import json
@@ -10,13 +11,12 @@ import numpy as np
 
 from common.core import devices
 from common.run import training
-from common.envs.playground import BatchedEnv
 from common.run.args import resolve
 from common.core.layout import Layout
-from common.envs.tasks import resolve_task
 from common.run import callbacks
 from tests import minimal_ddpg as ddpg
 from tests.test_contract import DDPG_ARGS
+from tests.toy_env import PointMassLine
 
 CHUNKS = 5  # 40 env steps: updates from step 16 on, so the networks, optimisers and replay all move
 
@@ -24,8 +24,8 @@ CHUNKS = 5  # 40 env steps: updates from step 16 on, so the networks, optimisers
 def trainer_on(args, placed_on: list):
     """The harness's trainer for `args`, with its train state laid out over `placed_on` (fewer devices than the
     placement names: the same program's layout, unsplit)."""
-    env = BatchedEnv(resolve_task(args.env), args.num_envs, episode_length=args.episode_length)
-    eval_env = BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=args.episode_length)
+    env = PointMassLine(args.num_envs, args.episode_length)
+    eval_env = PointMassLine(args.eval_episodes, args.episode_length)
     layout = Layout.of(args.num_seeds, args.devices, args.data_parallel, devices=placed_on)
     trainer = layout.over_seeds(training.build_trainer(resolve(args), ddpg.make_ddpg, env, eval_env))
     init_keys, eval_keys = layout.seed_keys(args.seed)

@@ -51,7 +51,7 @@ def test_data_parallel_equals_one_device_drawing_the_same_global_batch(findings)
     update drawing 4 rows from each shard with the shard's own key (common.core.chunk.sample_batch)."""
     data = findings["data"]
     assert data["updates"] > 0 and data["state"] < TOLERANCE and data["metrics"] < TOLERANCE
-    assert data["replay_shape"] == [4, 64, 5]  # 4 shards × 256 / 4 rows × cartpole's 5 observations
+    assert data["replay_shape"] == [4, 64, 2]  # 4 shards × 256 / 4 rows × the toy env's 2 observations
     assert data["replay_devices"] == 4 and data["env_devices"] == 4 and data["params_replicated"]
 
 
