@@ -52,6 +52,10 @@ class FlowRLConfig:
     """`reference`: mean(-Q) + mean(w)·mean(cfm); `paper`: mean(-Q + w·cfm), per-sample weights as in the paper."""
     learning_rate: float = 3e-4
     """Adam step size for every network."""
+    exploration_noise: float = 0.0
+    """σ of the Gaussian noise added to each collected action (clipped to [-1, 1]; evaluation never sees it). The
+    reference collects with the flow's own x_0 noise alone (its uniform noise schedule is set to zero in all
+    tasks)."""
     max_grad_norm: float | None = None
     """Clip each gradient to this global norm before Adam (default: no clipping, as in the reference)."""
     normalize_observations: bool = False
@@ -78,7 +82,8 @@ class FlowRLConfig:
                 raise ValueError(f"{_flag(name)} must be a positive integer (≥ 1), got {getattr(self, name)}")
         for name, low, high, low_open in (("expectile", 0.0, 1.0, True), ("recent_fraction", 0.0, 1.0, False),
                                           ("target_rate", 0.0, 1.0, True), ("lagrange", 0.0, float("inf"), True),
-                                          ("learning_rate", 0.0, float("inf"), True), ("gamma", 0.0, 1.0, False)):
+                                          ("learning_rate", 0.0, float("inf"), True), ("gamma", 0.0, 1.0, False),
+                                          ("exploration_noise", 0.0, float("inf"), False)):
             value = getattr(self, name)
             if not (low < value if low_open else low <= value) or value > high:
                 raise ValueError(f"{_flag(name)} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
@@ -271,6 +276,7 @@ class FlowRL(NamedTuple):
         `normalize_observations`; otherwise the state is returned as it is)
     act(state, obs [B, obs_size], key, deterministic=False) -> actions [B, action_size] in [-1, 1]; `deterministic`
         integrates from x_0 = 0 instead of fresh noise (it may be a traced bool)
+    explore(state, obs, key) -> the actions to collect with: act's, plus `exploration_noise`
     update(state, batch, key) -> (state, metrics): one update of Q, Q_β and V_β, and on one update in
         `policy_delay` of the policy and the targets, on a batch, a dict of arrays obs [B, obs_size], action
         [B, action_size] (in [-1, 1]), reward [B], next_obs [B, obs_size] and mask [B] (0 where the episode truly
@@ -286,6 +292,7 @@ class FlowRL(NamedTuple):
     init: Callable
     observe: Callable
     act: Callable
+    explore: Callable
     update: Callable
     policy_updated: Callable
     policy_metric_names: tuple[str, ...]
@@ -345,6 +352,12 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
     def act(state: FlowRLState, obs, key, deterministic=False):
         x0 = jnp.where(deterministic, 0.0, clipped_noise(key, (*obs.shape[:-1], action_size)))
         return flow_action(state.policy, normalise(state, obs), x0)
+
+    def explore(state: FlowRLState, obs, key):
+        if config.exploration_noise == 0.0:  # the reference: the same draws as act's, bit for bit
+            return act(state, obs, key)
+        noise = config.exploration_noise * jax.random.normal(jax.random.fold_in(key, 1), (*obs.shape[:-1], action_size))
+        return jnp.clip(act(state, obs, key) + noise, -1.0, 1.0)
 
     def adam_step(params, opt_state, grads):
         updates, opt_state = optimiser.update(grads, opt_state, params)
@@ -434,7 +447,8 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
     def policy_updated(state: FlowRLState):
         return is_policy_update(state.updates, config.policy_delay)
 
-    return FlowRL(config=config, init=init, observe=observe, act=act, update=update, policy_updated=policy_updated,
+    return FlowRL(config=config, init=init, observe=observe, act=act, explore=explore, update=update,
+                  policy_updated=policy_updated,
                   policy_metric_names=POLICY_METRIC_NAMES, lockstep_fields=("updates",),
                   recent_share=(config.recent_fraction, config.recent_window))
 

@@ -277,6 +277,7 @@ class SAC(NamedTuple):
         `normalize_observations`; otherwise the state is returned as it is)
     act(state, obs [B, obs_size], key, deterministic=False) -> actions [B, action_size] in [-1, 1]; `deterministic`
         takes tanh of the Gaussian's mean instead of a sample (it may be a traced bool)
+    explore(state, obs, key) -> act's sample: SAC collects with its own stochastic policy
     update(state, batch, key) -> (state, metrics): critics, actor, temperature, then Polyak targets, on a batch, a
         dict of arrays obs [B, obs_size], action [B, action_size] (in [-1, 1]), reward [B], next_obs [B, obs_size]
         and mask [B] (0 where the episode truly terminated, 1 otherwise: time limits still bootstrap)
@@ -291,6 +292,7 @@ class SAC(NamedTuple):
     init: Callable
     observe: Callable
     act: Callable
+    explore: Callable
     update: Callable
     policy_updated: Callable
     policy_metric_names: tuple[str, ...] = ()
@@ -383,7 +385,8 @@ def make_sac(config: SACConfig, obs_size: int, action_size: int) -> SAC:
                        temperature=temperature, temperature_loss=temperature_loss)
         return state, metrics
 
-    return SAC(config=config, init=init, observe=observe, act=act, update=update,
+    return SAC(config=config, init=init, observe=observe, act=act, explore=partial(act, deterministic=False),
+               update=update,
                policy_updated=lambda state: jnp.bool_(True))
 
 

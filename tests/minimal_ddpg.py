@@ -58,6 +58,7 @@ class DDPG(NamedTuple):
     init: Callable
     observe: Callable
     act: Callable
+    explore: Callable
     update: Callable
     policy_updated: Callable
     policy_metric_names: tuple[str, ...] = ()
@@ -113,7 +114,8 @@ def make_ddpg(config: DDPGConfig, obs_size: int, action_size: int) -> DDPG:
                           actor_opt=actor_opt, critic_opt=critic_opt, updates=state.updates + 1)
         return state, dict(critic_loss=critic_loss, actor_loss=actor_loss)
 
-    return DDPG(config=config, init=init, observe=lambda state, obs: state, act=act, update=update,
+    return DDPG(config=config, init=init, observe=lambda state, obs: state, act=act,
+                explore=lambda state, obs, key: act(state, obs, key), update=update,
                 policy_updated=lambda state: jnp.bool_(True))
 
 

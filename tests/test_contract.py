@@ -112,3 +112,25 @@ def test_the_third_algorithm_has_a_command_line_from_the_harness():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--exploration-noise" in result.stdout and "--num-envs" in result.stdout
+
+
+def test_the_envs_are_stepped_with_explore_after_the_start_steps_and_evaluated_with_act():
+    """The chunk collects with `explore` (an algorithm's exploration noise lives there), evaluation acts with `act`:
+    a DDPG whose explore always answers 0.5 fills the replay with 0.5 once the random start steps are over, and
+    evaluates as the unchanged DDPG does."""
+    from tests.toy_env import PointMassLine
+
+    base = ddpg.make_ddpg(ddpg.DDPGConfig(hidden_dim=16), PointMassLine.obs_size, PointMassLine.action_size)
+    marked = base._replace(explore=lambda state, obs, key: jax.numpy.full((obs.shape[0], 1), 0.5))
+    args = dataclasses.replace(DDPG_ARGS, total_steps=32, log_interval=32, buffer_size=64)
+    trainers = [training.make_trainer(resolve(args).spec, agent, PointMassLine(args.num_envs, args.episode_length),
+                                      PointMassLine(args.eval_episodes, args.episode_length))
+                for agent in (marked, base)]
+    state, _ = trainers[0].chunk(trainers[0].init(jax.random.key(0)))
+    actions = np.asarray(state.buffer.data["action"])[:32, 0]  # rows in step order: 4 envs × 8 steps
+    start = args.start_steps  # 16 env steps of uniform random actions, then explore's
+    assert np.all(actions[start:] == 0.5) and not np.any(actions[:start] == 0.5)
+    for deterministic in (True, False):
+        marked_returns, base_returns = (np.asarray(trainer.evaluate(state, jax.random.key(1), deterministic))
+                                        for trainer in trainers)
+        np.testing.assert_array_equal(marked_returns, base_returns)

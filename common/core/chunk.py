@@ -146,7 +146,7 @@ def make_chunk(spec: ChunkSpec, agent: Algorithm, env: VectorEnv) -> tuple[Calla
         action = jnp.where(
             state.env_steps < spec.start_steps,
             jax.random.uniform(random_key, (num_envs, env.action_size), minval=-1.0, maxval=1.0),
-            agent.act(state.learner, obs, policy_key),
+            agent.explore(state.learner, obs, policy_key),
         )
         env_state, step = env.step(state.env, to_env_bounds(env, action))
         # The mask cuts the bootstrap only on true termination; a time limit still bootstraps from the true s'.

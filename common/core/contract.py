@@ -38,7 +38,11 @@ class Algorithm(Protocol):
     observation normalisation; return the state unchanged if nothing is tracked."""
     act: Callable[..., jax.Array]
     """(state, obs [B, obs_size], key, deterministic) -> actions [B, action_size] in [-1, 1]; `deterministic` may be
-    a traced bool."""
+    a traced bool. The policy as it is evaluated."""
+    explore: Callable[[Any, jax.Array, jax.Array], jax.Array]
+    """(state, obs [B, obs_size], key) -> actions [B, action_size] in [-1, 1]: the actions the envs are stepped with
+    while collecting (after the random start steps). An algorithm without exploration of its own returns act's
+    sample; one with exploration noise adds it here, so that evaluation stays free of it."""
     update: Callable[[Any, dict, jax.Array], tuple[Any, dict]]
     """(state, batch, key) -> (state, metrics): one gradient update on a batch (module docstring); metrics are
     scalar arrays with the same keys on every update."""
