@@ -15,21 +15,31 @@ from common.core.layout import Layout
 from common.envs.tasks import resolve_task
 from tests.test_flowrl_train import TINY, TINY_FLAGS, run_script
 from tests.test_sac import TINY as SAC_TINY
+from tests.toy_env import PointMassLine
 
 NUM_SEEDS, FIRST_SEED, CHECKED = 3, 1, 1  # seed 2 is compared with a single run of seed 2
 
 
-def trainers(make_agent, args):
-    env = BatchedEnv(resolve_task(args.env), args.num_envs, episode_length=args.episode_length)
-    eval_env = BatchedEnv(resolve_task(args.env), args.eval_episodes, episode_length=args.episode_length)
+def mjx_env(args, num_envs):
+    return BatchedEnv(resolve_task(args.env), num_envs, episode_length=args.episode_length)
+
+
+def toy_env(args, num_envs):
+    return PointMassLine(num_envs, args.episode_length)
+
+
+def trainers(make_agent, args, make_env):
+    env, eval_env = make_env(args, args.num_envs), make_env(args, args.eval_episodes)
     trainer = training.build_trainer(resolve(args), make_agent, env, eval_env)
     return Layout(NUM_SEEDS).over_seeds(trainer), Layout(1).over_seeds(trainer)
 
 
-@pytest.mark.parametrize("make_agent, args", [(flowrl.make_flowrl, TINY), (sac.make_sac, SAC_TINY)],
-                         ids=["flowrl", "sac"])
-def test_seed_k_of_a_vmapped_run_equals_the_single_run_with_that_seed(make_agent, args):
-    vmapped, single = trainers(make_agent, args)
+# FlowRL's case steps MJX (whose resets fold the seed axis into the env axis, common.envs.playground); SAC's steps
+# tests/toy_env.py, as what it checks of SAC does not depend on the physics and an MJX step compiles for ~10 s.
+@pytest.mark.parametrize("make_agent, args, make_env", [(flowrl.make_flowrl, TINY, mjx_env),
+                                                        (sac.make_sac, SAC_TINY, toy_env)], ids=["flowrl", "sac"])
+def test_seed_k_of_a_vmapped_run_equals_the_single_run_with_that_seed(make_agent, args, make_env):
+    vmapped, single = trainers(make_agent, args, make_env)
     init_keys, eval_keys = Layout(NUM_SEEDS).seed_keys(FIRST_SEED)
     single_init_keys, single_eval_keys = Layout(1).seed_keys(FIRST_SEED + CHECKED)
     many, one = vmapped.init(init_keys), single.init(single_init_keys)
