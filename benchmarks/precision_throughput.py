@@ -50,9 +50,11 @@ class Args:
     """CSV that rows are appended to."""
 
 
-def measure(args: Args, algo: str, width: int, batch_size: int, compute_dtype: str) -> dict:
+def harness_update(algo: str, env: str, width: int, batch_size: int, compute_dtype: str = "float32"):
+    """The harness's update of `algo` at these sizes and a state whose replay holds random transitions of `env`'s
+    sizes: (update(state, key) -> (state, metrics), state)."""
     config_class, make = algorithms.ALGORITHMS[algo]
-    task = resolve_task(args.env)
+    task = resolve_task(env)
     obs_size, action_size = task_sizes()[task.name, task.backend]
     agent = make(config_class(hidden_dim=width, compute_dtype=compute_dtype), obs_size, action_size)
     init_key, replay_key, state_key = jax.random.split(jax.random.key(0), 3)
@@ -62,8 +64,13 @@ def measure(args: Args, algo: str, width: int, batch_size: int, compute_dtype: s
                        env_steps=jnp.int32(0))
     spec = ChunkSpec(updates_per_iteration=1, batch_size=batch_size, start_steps=0, log_interval=1,
                      replay_capacity=REPLAY_ROWS)
-    seconds = seconds_per_update(make_update(spec, agent), state, args.updates, args.repeats)
-    return dict(algo=algo, env=task.name, hidden_dim=width, batch_size=batch_size, compute_dtype=compute_dtype,
+    return make_update(spec, agent), state
+
+
+def measure(args: Args, algo: str, width: int, batch_size: int, compute_dtype: str) -> dict:
+    update, state = harness_update(algo, args.env, width, batch_size, compute_dtype)
+    seconds = seconds_per_update(update, state, args.updates, args.repeats)
+    return dict(algo=algo, env=args.env, hidden_dim=width, batch_size=batch_size, compute_dtype=compute_dtype,
                 updates=args.updates, repeats=args.repeats,
                 updates_per_s=round(1.0 / seconds, 2) if seconds else "",
                 device_kind=jax.devices()[0].device_kind, **cpu_flags(), **provenance())
