@@ -65,7 +65,7 @@ def work(args: Args, job: dict) -> dict:
 
     update, state = harness_update(job["algo"], args.env, job["width"], args.batch_size)
     one = seconds_per_update(update, state, args.updates, args.repeats)
-    seeds = jax.tree.map(lambda leaf: jnp.stack([leaf] * args.seeds), state)
+    seeds = jax.tree.map(lambda leaf: jnp.stack([leaf] * args.seeds), state)  # copies: the cost ignores the values
     vmapped = jax.vmap(update)
     many = seconds_per_update(lambda s, key: vmapped(s, jax.random.split(key, args.seeds)), seeds, args.updates,
                               args.repeats)
