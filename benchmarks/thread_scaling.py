@@ -12,6 +12,10 @@ thread pools see N cores), for N in --cores. Per algorithm and width it times:
     python benchmarks/thread_scaling.py   # appends to benchmarks/results/thread_scaling/thread_scaling_cpu.csv
 
 --xla-flags is passed to every worker as XLA_FLAGS, to try XLA CPU options against the same baseline.
+
+With --reference (a checkout of bytedance/FlowRL) and --reference-python (an interpreter with torch), the FlowRL
+reference's update is timed the same way, pinned to the same cores with as many torch threads, after this project's
+(benchmarks/reference_update.py); its rows say `reference` in the `implementation` column.
 """
 
 import dataclasses
@@ -46,6 +50,10 @@ class Args:
     """Timed calls per measurement; the best is reported."""
     xla_flags: str = ""
     """XLA_FLAGS for every worker (empty: XLA's defaults)."""
+    reference: str = ""
+    """A checkout of bytedance/FlowRL whose update is timed beside FlowRL's (empty: not timed)."""
+    reference_python: str = ""
+    """The Python that runs the reference (it needs torch and numpy; neither is a dependency here)."""
     out: str = "benchmarks/results/thread_scaling/thread_scaling_cpu.csv"
     """CSV that rows are appended to."""
     worker: str = ""
@@ -87,6 +95,20 @@ def run_pinned(args: Args, job: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def run_reference_pinned(args: Args, job: dict, obs_size: int, action_size: int) -> dict:
+    command = [args.reference_python, str(ROOT / "benchmarks" / "reference_update.py"), "--reference",
+               args.reference, "--obs-size", str(obs_size), "--action-size", str(action_size), "--width",
+               str(job["width"]), "--batch-size", str(args.batch_size), "--threads", str(job["cores"]), "--updates",
+               str(args.updates), "--repeats", str(args.repeats)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False,
+                            preexec_fn=lambda: os.sched_setaffinity(0, set(range(job["cores"]))))
+    if result.returncode != 0:
+        raise SystemExit(f"reference worker {job} failed:\n{result.stderr[-3000:]}")
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return dict(updates_per_s=measured["updates_per_s"], threads_seen=measured["threads"],
+                implementation=f"reference (torch {measured['torch_version']})")
+
+
 def main() -> None:
     args = tyro.cli(Args)
     if args.worker:
@@ -94,18 +116,36 @@ def main() -> None:
         return
     if max(args.cores) > len(os.sched_getaffinity(0)):
         raise SystemExit(f"--cores {max(args.cores)}: this process may use {len(os.sched_getaffinity(0))} cores")
+    if bool(args.reference) != bool(args.reference_python):
+        raise SystemExit("--reference and --reference-python go together")
+    if args.reference and not (Path(args.reference) / "model" / "algo.py").is_file():
+        raise SystemExit(f"--reference {args.reference}: no model/algo.py there (a checkout of bytedance/FlowRL?)")
     measured = [(job, run_pinned(args, job)) for job in (dict(algo=algo, width=width, cores=cores)
                                                          for algo in args.algos for width in args.widths
                                                          for cores in args.cores)]
+    measured = [(job, dict(implementation="flowrl-jax", **result)) for job, result in measured]
+    if args.reference:
+        sys.path.insert(0, str(ROOT))
+        from common.envs.tasks import resolve_task, task_sizes
+
+        task = resolve_task(args.env)
+        obs_size, action_size = task_sizes()[(task.name, task.backend)]
+        measured += [(job, run_reference_pinned(args, job, obs_size, action_size))
+                     for job in (dict(algo="flowrl", width=width, cores=cores) for width in args.widths
+                                 for cores in args.cores)]
     # JAX starts in this process only now: the workers were forked from one without its threads.
     sys.path.insert(0, str(ROOT))
     from benchmarks.record import append_row, cpu_flags, provenance
 
     for job, result in measured:
-        append_row(args.out, dict(algo=job["algo"], env=args.env, hidden_dim=job["width"],
-                                  batch_size=args.batch_size, cores=job["cores"], seeds=args.seeds, **result,
-                                  xla_flags=args.xla_flags, updates=args.updates, repeats=args.repeats,
-                                  **cpu_flags(), **provenance()))
+        append_row(args.out, dict(algo=job["algo"], implementation=result["implementation"], env=args.env,
+                                  hidden_dim=job["width"], batch_size=args.batch_size, cores=job["cores"],
+                                  seeds=args.seeds if result["implementation"] == "flowrl-jax" else "",
+                                  updates_per_s=result["updates_per_s"],
+                                  seed_updates_per_s=result.get("seed_updates_per_s", ""),
+                                  forward_matmul_gflops=result.get("forward_matmul_gflops", ""),
+                                  threads_seen=result["threads_seen"], xla_flags=args.xla_flags,
+                                  updates=args.updates, repeats=args.repeats, **cpu_flags(), **provenance()))
 
 
 if __name__ == "__main__":
