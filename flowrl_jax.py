@@ -56,6 +56,10 @@ class FlowRLConfig:
     """σ of the Gaussian noise added to each collected action (clipped to [-1, 1]; evaluation never sees it). The
     reference collects with the flow's own x_0 noise alone (its uniform noise schedule is set to zero in all
     tasks)."""
+    x0_hold: int = 1
+    """Collect with each env's x_0 held for this many env steps before a fresh one is drawn: actions that follow one
+    latent for a while, as the flow maps it in each state, wander further than independent ones on a sparse task
+    (benchmarks/exploration_reach.py). 1 draws x_0 afresh every step, as the reference; evaluation never holds it."""
     max_grad_norm: float | None = None
     """Clip each gradient to this global norm before Adam (default: no clipping, as in the reference)."""
     normalize_observations: bool = False
@@ -77,7 +81,7 @@ class FlowRLConfig:
         """Raise ValueError, naming the flag, for a value the algorithm cannot use."""
         if self.max_grad_norm is not None and not 0 < self.max_grad_norm < float("inf"):
             raise ValueError(f"--max-grad-norm must be a positive number, got {self.max_grad_norm}")
-        for name in ("hidden_dim", "flow_steps", "policy_delay", "recent_window"):
+        for name in ("hidden_dim", "flow_steps", "policy_delay", "recent_window", "x0_hold"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_flag(name)} must be a positive integer (≥ 1), got {getattr(self, name)}")
         for name, low, high, low_open in (("expectile", 0.0, 1.0, True), ("recent_fraction", 0.0, 1.0, False),
@@ -253,6 +257,13 @@ class ObservationStats(struct.PyTreeNode):
 # ----------------------------------------------------------------------------------------------------------------------
 # The learner: state, init, act, update
 # ----------------------------------------------------------------------------------------------------------------------
+class HeldNoise(struct.PyTreeNode):
+    """With `x0_hold` > 1: the key that every held x_0 is drawn from, and the env steps observed so far."""
+
+    key: jax.Array
+    steps: jax.Array  # int32
+
+
 class FlowRLState(struct.PyTreeNode):
     policy: dict
     q: dict
@@ -266,6 +277,7 @@ class FlowRLState(struct.PyTreeNode):
     v_beta_opt: optax.OptState
     updates: jax.Array  # int32, gradient updates done (the policy delay counts them)
     obs_stats: ObservationStats | None = None  # with `normalize_observations` only
+    held_noise: HeldNoise | None = None  # with `x0_hold` > 1 only
 
 
 class FlowRL(NamedTuple):
@@ -273,10 +285,12 @@ class FlowRL(NamedTuple):
 
     init(key) -> FlowRLState
     observe(state, obs [..., obs_size]) -> state: add newly seen observations to the normalisation statistics (with
-        `normalize_observations`; otherwise the state is returned as it is)
+        `normalize_observations`) and count the env step (with `x0_hold` > 1); otherwise the state is returned as
+        it is
     act(state, obs [B, obs_size], key, deterministic=False) -> actions [B, action_size] in [-1, 1]; `deterministic`
         integrates from x_0 = 0 instead of fresh noise (it may be a traced bool)
-    explore(state, obs, key) -> the actions to collect with: act's, plus `exploration_noise`
+    explore(state, obs, key) -> the actions to collect with: act's (from the held x_0 with `x0_hold` > 1), plus
+        `exploration_noise`
     update(state, batch, key) -> (state, metrics): one update of Q, Q_β and V_β, and on one update in
         `policy_delay` of the policy and the targets, on a batch, a dict of arrays obs [B, obs_size], action
         [B, action_size] (in [-1, 1]), reward [B], next_obs [B, obs_size] and mask [B] (0 where the episode truly
@@ -343,23 +357,35 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
             policy_opt=optimiser.init(policy), q_opt=optimiser.init(q), q_beta_opt=optimiser.init(q),
             v_beta_opt=optimiser.init(v_beta), updates=jnp.int32(0),
             obs_stats=ObservationStats.empty(obs_size) if config.normalize_observations else None,
+            # A stream of its own: the networks' keys above stay those of the reference's path.
+            held_noise=HeldNoise(jax.random.fold_in(key, 1), jnp.int32(0)) if config.x0_hold > 1 else None,
         )
 
     def normalise(state: FlowRLState, obs):
         return obs if state.obs_stats is None else state.obs_stats.normalise(obs)
 
     def observe(state: FlowRLState, obs):
-        return state if state.obs_stats is None else state.replace(obs_stats=state.obs_stats.add(obs))
+        if state.obs_stats is not None:
+            state = state.replace(obs_stats=state.obs_stats.add(obs))
+        if state.held_noise is not None:
+            state = state.replace(held_noise=state.held_noise.replace(steps=state.held_noise.steps + 1))
+        return state
 
     def act(state: FlowRLState, obs, key, deterministic=False):
         x0 = jnp.where(deterministic, 0.0, clipped_noise(key, (*obs.shape[:-1], action_size)))
         return flow_action(state.policy, normalise(state, obs), x0)
 
     def explore(state: FlowRLState, obs, key):
-        if config.exploration_noise == 0.0:  # the reference: the same draws as act's, bit for bit
-            return act(state, obs, key)
+        if state.held_noise is None:  # the reference: the same draws as act's, bit for bit
+            action = act(state, obs, key)
+        else:  # observe has counted this step: steps 1..K share block 0, K+1..2K block 1, …
+            block = (state.held_noise.steps - 1) // config.x0_hold
+            x0 = clipped_noise(jax.random.fold_in(state.held_noise.key, block), (*obs.shape[:-1], action_size))
+            action = flow_action(state.policy, normalise(state, obs), x0)
+        if config.exploration_noise == 0.0:
+            return action
         noise = config.exploration_noise * jax.random.normal(jax.random.fold_in(key, 1), (*obs.shape[:-1], action_size))
-        return jnp.clip(act(state, obs, key) + noise, -1.0, 1.0)
+        return jnp.clip(action + noise, -1.0, 1.0)
 
     def adam_step(params, opt_state, grads):
         updates, opt_state = optimiser.update(grads, opt_state, params)

@@ -7,7 +7,9 @@ process the share of episodes that earn any reward above --reward-threshold, and
 
 - `uniform`: i.i.d. uniform actions in [−1, 1] (the start steps);
 - `gaussian σ`: i.i.d. N(0, σ²) clipped to [−1, 1], a stuck seed's spread around a zero action;
-- `ar1 σ ρ`: the same marginal N(0, σ²), correlated in time: a_t = ρ·a_{t−1} + √(1−ρ²)·σ·ε_t, clipped.
+- `ar1 σ ρ`: the same marginal N(0, σ²), correlated in time: a_t = ρ·a_{t−1} + √(1−ρ²)·σ·ε_t, clipped;
+- `held σ K`: N(0, σ²) clipped, drawn afresh every K steps and held in between (what `--x0-hold K` does to
+  FlowRL's x_0, here with no flow between the noise and the action).
 
     python benchmarks/exploration_reach.py --out benchmarks/results/exploration/exploration_reach.csv
 """
@@ -38,6 +40,10 @@ class Args:
     """σ of the Gaussian processes."""
     correlations: tuple[float, ...] = (0.9, 0.99)
     """ρ of each AR(1) process."""
+    holds: tuple[int, ...] = (10, 100)
+    """K of each held process."""
+    families: tuple[str, ...] = ("uniform", "gaussian", "ar1", "held")
+    """Which processes to step."""
     reward_threshold: float = 0.01
     """An episode "finds the reward" if one of its steps earns more than this."""
     seed: int = 0
@@ -71,6 +77,10 @@ def main() -> None:
         scale = sigma * (1.0 - rho**2) ** 0.5  # keeps the stationary std at σ
         processes.append((f"ar1 {sigma} {rho}", rho,
                           lambda key, shape, scale=scale: scale * jax.random.normal(key, shape)))
+    for hold in args.holds:
+        processes.append((f"held {sigma} {hold}", 0.0, lambda key, shape, hold=hold: jnp.repeat(
+            sigma * jax.random.normal(key, (-(-shape[0] // hold), *shape[1:])), hold, axis=0)[:shape[0]]))
+    processes = [process for process in processes if process[0].split()[0] in args.families]
     for name, rho, noise in processes:
         run = jax.jit(lambda key, noise=noise, rho=rho: reach(env, key, noise, rho, sigma if rho else 0.0,
                                                               args.episodes))

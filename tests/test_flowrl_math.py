@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import flowrl_jax as flowrl
+from common.run import checkpoint
 
 
 @pytest.mark.parametrize("num_steps", [1, 3])
@@ -208,3 +209,31 @@ def test_exploration_noise_perturbs_collection_only_and_zero_is_the_reference():
     assert float(jnp.abs(explored).max()) == 1.0 and float(jnp.mean(jnp.abs(explored) == 1.0)) > 0.5  # clipped
     with pytest.raises(ValueError, match="--exploration-noise"):
         flowrl.make_flowrl(flowrl.FlowRLConfig(exploration_noise=-0.1), 3, 2)
+
+
+def test_a_held_x0_repeats_within_its_block_differs_per_env_and_one_is_the_reference(tmp_path):
+    obs = jax.random.normal(jax.random.key(0), (4096, 3))
+    reference = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16), 3, 2)
+    held = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16, x0_hold=3), 3, 2)
+    reference_state, state = reference.init(jax.random.key(2)), held.init(jax.random.key(2))
+    assert reference_state.held_noise is None  # the reference's state, and its checkpoints, are unchanged
+    for ours, theirs in zip(jax.tree.leaves(state.policy), jax.tree.leaves(reference_state.policy)):
+        np.testing.assert_array_equal(ours, theirs)  # the networks start as the reference's
+    actions = []
+    for step in range(7):  # as the chunk calls them: observe, then explore with a fresh key each step
+        state = held.observe(state, obs)
+        actions.append(np.asarray(held.explore(state, obs, jax.random.key(10 + step))))
+    same = [np.array_equal(actions[step], actions[step + 1]) for step in range(6)]
+    assert same == [True, True, False, True, True, False]  # blocks of steps 1–3, 4–6, 7
+    assert not np.array_equal(actions[0][0], actions[0][1])  # each env holds its own x_0
+    # Held x_0 are the reference's N(0, I) clipped to [-1, 1]: over 4 096 envs they spread as fresh ones do.
+    fresh = np.asarray(reference.explore(reference_state, obs, jax.random.key(3)))
+    assert float(actions[0].std()) == pytest.approx(float(fresh.std()), rel=0.05)
+    key = jax.random.key(4)
+    np.testing.assert_array_equal(held.act(state, obs, key), reference.act(reference_state, obs, key))  # evaluation
+    saved = checkpoint.save(tmp_path, 7, state, {}, keep=1)
+    restored = checkpoint.to_state(checkpoint.read(saved), held.init(jax.random.key(0)))
+    assert int(restored.held_noise.steps) == 7
+    np.testing.assert_array_equal(held.explore(restored, obs, key), actions[-1])  # a resumed run holds the same x_0
+    with pytest.raises(ValueError, match="--x0-hold"):
+        flowrl.make_flowrl(flowrl.FlowRLConfig(x0_hold=0), 3, 2)
