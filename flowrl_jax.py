@@ -257,13 +257,6 @@ class ObservationStats(struct.PyTreeNode):
 # ----------------------------------------------------------------------------------------------------------------------
 # The learner: state, init, act, update
 # ----------------------------------------------------------------------------------------------------------------------
-class HeldNoise(struct.PyTreeNode):
-    """With `x0_hold` > 1: the key that every held x_0 is drawn from, and the env steps observed so far."""
-
-    key: jax.Array
-    steps: jax.Array  # int32
-
-
 class FlowRLState(struct.PyTreeNode):
     policy: dict
     q: dict
@@ -277,13 +270,26 @@ class FlowRLState(struct.PyTreeNode):
     v_beta_opt: optax.OptState
     updates: jax.Array  # int32, gradient updates done (the policy delay counts them)
     obs_stats: ObservationStats | None = None  # with `normalize_observations` only
-    held_noise: HeldNoise | None = None  # with `x0_hold` > 1 only
+
+
+class HeldNoise(struct.PyTreeNode):
+    """The key that every held x_0 is drawn from, and the env steps observed so far."""
+
+    key: jax.Array
+    steps: jax.Array  # int32
+
+
+class HeldFlowRLState(FlowRLState):
+    """The state with `x0_hold` > 1. A class of its own, so that the reference's state keeps its structure (and the
+    checkpoints written before `x0_hold` existed still fit it)."""
+
+    held_noise: HeldNoise | None = None
 
 
 class FlowRL(NamedTuple):
     """FlowRL for fixed observation and action sizes; every function is pure and jittable.
 
-    init(key) -> FlowRLState
+    init(key) -> FlowRLState (a HeldFlowRLState with `x0_hold` > 1)
     observe(state, obs [..., obs_size]) -> state: add newly seen observations to the normalisation statistics (with
         `normalize_observations`) and count the env step (with `x0_hold` > 1); otherwise the state is returned as
         it is
@@ -352,14 +358,16 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
         q = q_net.init(q_key, obs, act)
         v_beta = v_net.init(v_key, obs)
         # As in the reference, Q_β and both targets start as copies of Q.
-        return FlowRLState(
+        fields = dict(
             policy=policy, q=q, q_target=q, q_beta=q, q_beta_target=q, v_beta=v_beta,
             policy_opt=optimiser.init(policy), q_opt=optimiser.init(q), q_beta_opt=optimiser.init(q),
             v_beta_opt=optimiser.init(v_beta), updates=jnp.int32(0),
             obs_stats=ObservationStats.empty(obs_size) if config.normalize_observations else None,
-            # A stream of its own: the networks' keys above stay those of the reference's path.
-            held_noise=HeldNoise(jax.random.fold_in(key, 1), jnp.int32(0)) if config.x0_hold > 1 else None,
         )
+        if config.x0_hold == 1:
+            return FlowRLState(**fields)
+        # A key stream of its own: the networks' keys above stay those of the reference's path.
+        return HeldFlowRLState(**fields, held_noise=HeldNoise(jax.random.fold_in(key, 1), jnp.int32(0)))
 
     def normalise(state: FlowRLState, obs):
         return obs if state.obs_stats is None else state.obs_stats.normalise(obs)
@@ -367,7 +375,7 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
     def observe(state: FlowRLState, obs):
         if state.obs_stats is not None:
             state = state.replace(obs_stats=state.obs_stats.add(obs))
-        if state.held_noise is not None:
+        if config.x0_hold > 1:
             state = state.replace(held_noise=state.held_noise.replace(steps=state.held_noise.steps + 1))
         return state
 
@@ -376,7 +384,7 @@ def make_flowrl(config: FlowRLConfig, obs_size: int, action_size: int) -> FlowRL
         return flow_action(state.policy, normalise(state, obs), x0)
 
     def explore(state: FlowRLState, obs, key):
-        if state.held_noise is None:  # the reference: the same draws as act's, bit for bit
+        if config.x0_hold == 1:  # the reference: the same draws as act's, bit for bit
             action = act(state, obs, key)
         else:  # observe has counted this step: steps 1..K share block 0, K+1..2K block 1, …
             block = (state.held_noise.steps - 1) // config.x0_hold
