@@ -83,16 +83,21 @@ def work(args: Args, job: dict) -> dict:
                 forward_matmul_gflops=round(matmul, 1), threads_seen=len(os.sched_getaffinity(0)))
 
 
+def pinned(command: list[str], cores: int, what: str, env: dict | None = None) -> dict:
+    """The JSON line that `command` prints last, run pinned to the first `cores` cores."""
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+                            preexec_fn=lambda: os.sched_setaffinity(0, set(range(cores))))
+    if result.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def run_pinned(args: Args, job: dict) -> dict:
     command = [sys.executable, __file__, "--worker", json.dumps(job), "--env", args.env, "--batch-size",
                str(args.batch_size), "--seeds", str(args.seeds), "--updates", str(args.updates), "--repeats",
                str(args.repeats)]
     env = dict(os.environ, XLA_FLAGS=args.xla_flags) if args.xla_flags else dict(os.environ)
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False,
-                            preexec_fn=lambda: os.sched_setaffinity(0, set(range(job["cores"]))))
-    if result.returncode != 0:
-        raise SystemExit(f"worker {job} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return dict(implementation="flowrl-jax", **pinned(command, job["cores"], f"worker {job}", env))
 
 
 def run_reference_pinned(args: Args, job: dict, obs_size: int, action_size: int) -> dict:
@@ -100,11 +105,7 @@ def run_reference_pinned(args: Args, job: dict, obs_size: int, action_size: int)
                args.reference, "--obs-size", str(obs_size), "--action-size", str(action_size), "--width",
                str(job["width"]), "--batch-size", str(args.batch_size), "--threads", str(job["cores"]), "--updates",
                str(args.updates), "--repeats", str(args.repeats)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False,
-                            preexec_fn=lambda: os.sched_setaffinity(0, set(range(job["cores"]))))
-    if result.returncode != 0:
-        raise SystemExit(f"reference worker {job} failed:\n{result.stderr[-3000:]}")
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    measured = pinned(command, job["cores"], f"reference worker {job}")
     return dict(updates_per_s=measured["updates_per_s"], threads_seen=measured["threads"],
                 implementation=f"reference (torch {measured['torch_version']})")
 
@@ -123,9 +124,8 @@ def main() -> None:
     measured = [(job, run_pinned(args, job)) for job in (dict(algo=algo, width=width, cores=cores)
                                                          for algo in args.algos for width in args.widths
                                                          for cores in args.cores)]
-    measured = [(job, dict(implementation="flowrl-jax", **result)) for job, result in measured]
+    sys.path.insert(0, str(ROOT))
     if args.reference:
-        sys.path.insert(0, str(ROOT))
         from common.envs.tasks import resolve_task, task_sizes
 
         task = resolve_task(args.env)
@@ -134,7 +134,6 @@ def main() -> None:
                      for job in (dict(algo="flowrl", width=width, cores=cores) for width in args.widths
                                  for cores in args.cores)]
     # JAX starts in this process only now: the workers were forked from one without its threads.
-    sys.path.insert(0, str(ROOT))
     from benchmarks.record import append_row, cpu_flags, provenance
 
     for job, result in measured:
