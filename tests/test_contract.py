@@ -20,6 +20,7 @@ from common.run.args import RunArgs
 from common.envs.make import make_env
 from common.envs.tasks import resolve_task
 from tests import minimal_ddpg as ddpg
+from tests import toy_cli
 from tests.test_resume import leaves, table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +36,11 @@ def test_each_algorithm_conforms_to_the_contract(config_class, make):
     assert isinstance(agent, Algorithm)
     assert type(agent.config) is config_class  # the algorithm gets its own config, not the script's flags
     assert all(isinstance(name, str) for name in (*agent.policy_metric_names, *agent.lockstep_fields))
-    state = agent.init(jax.random.key(0))
+    state = jax.jit(agent.init)(jax.random.key(0))  # compiled: FlowRL's update runs op by op for ~20 s otherwise
     assert all(hasattr(state, name) for name in agent.lockstep_fields)
     batch = dict(obs=np.ones((4, 3), np.float32), action=np.zeros((4, 2), np.float32), reward=np.ones(4, np.float32),
                  next_obs=np.ones((4, 3), np.float32), mask=np.ones(4, np.float32))
-    state, metrics = agent.update(state, batch, jax.random.key(1))
+    state, metrics = jax.jit(agent.update)(state, batch, jax.random.key(1))
     assert set(agent.policy_metric_names) <= set(metrics)
     assert np.asarray(agent.policy_updated(state)).dtype == bool
     assert agent.recent_share is None or (0 <= agent.recent_share[0] <= 1 and agent.recent_share[1] >= 1)
@@ -87,9 +88,12 @@ def ddpg_run(root: Path, **changes) -> Path:
     return run_dir
 
 
-def test_a_third_algorithm_trains_through_the_harness_and_resumes_exactly(tmp_path):
+def test_a_third_algorithm_trains_through_the_harness_and_resumes_exactly(tmp_path, monkeypatch):
+    # The run's envs are tests/toy_env.py's: what is checked is the harness around the algorithm, not the physics
+    # (tests/test_resume.py resumes FlowRL on MJX).
+    monkeypatch.setattr(training, "make_env", toy_cli.toy_env)
     full = ddpg_run(tmp_path / "full")
-    assert full.name.startswith("cartpole-balance__playground__ddpg__1__")
+    assert full.name.startswith("point-mass-line__playground__ddpg__1__")
     rows = table(full / "metrics.csv")
     assert [int(row["step"]) for row in rows] == [8, 16, 24, 32, 40, 48]
     assert float(rows[-1]["critic_loss"]) > 0 and float(rows[0]["critic_loss"]) == 0  # no update before step 16

@@ -93,11 +93,13 @@ def free_port() -> int:
 
 
 def start_two_processes(flags: list[str]) -> list[subprocess.Popen]:
-    """The same command in two processes of one CPU device each, joined through jax.distributed over loopback."""
+    """The same command in two processes of one CPU device each, joined through jax.distributed over loopback; the
+    envs are tests/toy_env.py's (the test below checks the processes' mechanics; the data-parallel test after it
+    places MJX's env state)."""
     address = f"127.0.0.1:{free_port()}"
     env = [dict(os.environ, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(index))
            for index in range(2)]
-    return [subprocess.Popen([sys.executable, "-m", "tests.minimal_ddpg", *flags], cwd=ROOT, env=env[index],
+    return [subprocess.Popen([sys.executable, "-m", "tests.toy_cli", *flags], cwd=ROOT, env=env[index],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in range(2)]
 
 
@@ -120,7 +122,7 @@ def test_two_processes_wait_for_a_late_one_stop_together_and_resume_to_what_one_
     placement = ["--devices=0", "--num-seeds=2"]
     # The one-process run trains while the two processes wait for each other (the CPU is mostly idle then).
     one_started = subprocess.Popen(
-        [sys.executable, "-m", "tests.minimal_ddpg", *SMALL, *placement, f"--run-root={tmp_path / 'one'}"], cwd=ROOT,
+        [sys.executable, "-m", "tests.toy_cli", *SMALL, *placement, f"--run-root={tmp_path / 'one'}"], cwd=ROOT,
         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     started = start_two_processes([*SMALL, *placement, f"--run-root={tmp_path / 'two'}"])
