@@ -19,7 +19,7 @@ import hashlib
 import json
 from functools import partial
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, ClassVar, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -32,8 +32,11 @@ from flax.typing import Dtype
 
 @dataclasses.dataclass
 class FlowRLConfig:
-    """FlowRL's hyperparameters; the defaults are the reference implementation's, except ρ (`--target-rate 0.95`
-    restores the reference)."""
+    """FlowRL's hyperparameters; the defaults are the reference implementation's, except ρ and the held x_0
+    (`--target-rate 0.95 --x0-hold 1` restores the reference)."""
+
+    # Runs written before a flag existed ran as its value here does (not as today's default): their resume keeps it.
+    VALUES_BEFORE_FLAGS: ClassVar[dict] = {"x0_hold": 1}
 
     hidden_dim: int = 512
     """Width of the velocity field and of every critic."""
@@ -56,7 +59,7 @@ class FlowRLConfig:
     """σ of the Gaussian noise added to each collected action (clipped to [-1, 1]; evaluation never sees it). The
     reference collects with the flow's own x_0 noise alone (its uniform noise schedule is set to zero in all
     tasks)."""
-    x0_hold: int = 1
+    x0_hold: int = 50
     """Collect with each env's x_0 held for this many env steps before a fresh one is drawn: actions that follow one
     latent for a while, as the flow maps it in each state, wander further than independent ones on a sparse task
     (benchmarks/exploration_reach.py). 1 draws x_0 afresh every step, as the reference; evaluation never holds it."""

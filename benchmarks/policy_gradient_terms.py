@@ -46,11 +46,17 @@ def one_seed(stored: np.ndarray, ndim: int, seed_index: int) -> np.ndarray:
 
 
 def restore_learner(template, arrays: dict, seed_index: int):
-    """The template filled with one seed's arrays of the checkpoint's `.learner` subtree."""
+    """The template filled with one seed's arrays of the checkpoint's `.learner` subtree (a random key is stored as
+    its key data, one trailing axis more than the key)."""
+    def restored(path, leaf):
+        stored = arrays[".learner" + jax.tree_util.keystr(path)]
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = one_seed(stored, jax.random.key_data(leaf).ndim, seed_index)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        return jnp.asarray(one_seed(stored, leaf.ndim, seed_index))
+
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    return jax.tree_util.tree_unflatten(treedef, [
-        jnp.asarray(one_seed(arrays[".learner" + jax.tree_util.keystr(path)], leaf.ndim, seed_index))
-        for path, leaf in paths_leaves])
+    return jax.tree_util.tree_unflatten(treedef, [restored(path, leaf) for path, leaf in paths_leaves])
 
 
 def measure(args: Args) -> tuple[dict, flowrl_jax.FlowRLConfig, list[dict]]:
@@ -59,10 +65,11 @@ def measure(args: Args) -> tuple[dict, flowrl_jax.FlowRLConfig, list[dict]]:
     if metadata.get("algo") != "flowrl":
         raise SystemExit(f"{args.checkpoint}: a {metadata.get('algo')} checkpoint, not a FlowRL one")
     run_config = metadata["config"]
-    # A run saved before a field existed ran with that field's default.
-    config = flowrl_jax.FlowRLConfig(**{field.name: run_config[field.name]
+    # A run saved before a field existed ran with that field's default, or the value the config names for such runs.
+    saved = {**flowrl_jax.FlowRLConfig.VALUES_BEFORE_FLAGS, **run_config}
+    config = flowrl_jax.FlowRLConfig(**{field.name: saved[field.name]
                                         for field in dataclasses.fields(flowrl_jax.FlowRLConfig)
-                                        if field.name in run_config})
+                                        if field.name in saved})
     observations, actions = arrays[".buffer.data['obs']"], arrays[".buffer.data['action']"]
     obs_size, action_size = observations.shape[-1], actions.shape[-1]
     flowrl = flowrl_jax.make_flowrl(config, obs_size, action_size)

@@ -195,16 +195,16 @@ def test_exploration_diagnostics_equal_a_direct_computation(policy_loss):
 def test_exploration_noise_perturbs_collection_only_and_zero_is_the_reference():
     obs = jax.random.normal(jax.random.key(0), (4096, 3))
     key = jax.random.key(1)
-    reference = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16), 3, 2)
+    reference = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16, x0_hold=1), 3, 2)
     state = reference.init(jax.random.key(2))
     np.testing.assert_array_equal(reference.explore(state, obs, key), reference.act(state, obs, key))
     # A fresh flow acts within tanh(1) ≈ 0.76 of zero, so σ = 0.05 is almost never clipped: the difference is the noise.
-    noisy = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16, exploration_noise=0.05), 3, 2)
+    noisy = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16, exploration_noise=0.05, x0_hold=1), 3, 2)
     explored, acted = noisy.explore(state, obs, key), noisy.act(state, obs, key)
     np.testing.assert_array_equal(acted, reference.act(state, obs, key))  # evaluation never sees the noise
     difference = explored - acted
     assert float(difference.std()) == pytest.approx(0.05, rel=0.05) and abs(float(difference.mean())) < 0.003
-    wide = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16, exploration_noise=3.0), 3, 2)
+    wide = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16, exploration_noise=3.0, x0_hold=1), 3, 2)
     explored = wide.explore(state, obs, key)
     assert float(jnp.abs(explored).max()) == 1.0 and float(jnp.mean(jnp.abs(explored) == 1.0)) > 0.5  # clipped
     with pytest.raises(ValueError, match="--exploration-noise"):
@@ -213,7 +213,7 @@ def test_exploration_noise_perturbs_collection_only_and_zero_is_the_reference():
 
 def test_a_held_x0_repeats_within_its_block_differs_per_env_and_one_is_the_reference(tmp_path):
     obs = jax.random.normal(jax.random.key(0), (4096, 3))
-    reference = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16), 3, 2)
+    reference = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16, x0_hold=1), 3, 2)
     held = flowrl.make_flowrl(flowrl.FlowRLConfig(hidden_dim=16, x0_hold=3), 3, 2)
     reference_state, state = reference.init(jax.random.key(2)), held.init(jax.random.key(2))
     # The reference's state keeps its class, so its checkpoints keep their structure.

@@ -35,7 +35,7 @@ def test_the_paper_preset_is_the_reference_protocol_and_every_flag_given_wins(tm
     run = parse(FLOWRL_FLAGS, flowrl.make_flowrl, tmp_path, "--env", "cheetah-run", "--preset", "paper")
     assert (run.args.preset, run.args.num_envs, run.args.updates_per_iteration, run.args.batch_size) == (
         "paper", 1, 1, 256)
-    assert (run.config.target_rate, run.config.expectile) == (0.95, 0.9)
+    assert (run.config.target_rate, run.config.x0_hold, run.config.expectile) == (0.95, 1, 0.9)
     given = parse(FLOWRL_FLAGS, flowrl.make_flowrl, tmp_path, "--preset=paper", "--env", "cheetah-run",
                   "--batch-size", "128", "--expectile", "0.7")
     assert (given.args.batch_size, given.config.expectile, given.args.num_envs) == (128, 0.7, 1)

@@ -1,6 +1,7 @@
 """Exact resume and determinism: a run of 2T steps equals T steps + resume + T more, bit for bit; seeds matter."""
 
 import csv
+import json
 import shutil
 import dataclasses
 import subprocess
@@ -18,10 +19,12 @@ from tests.checkpoints import checkpoint_leaves
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"env_steps_per_s", "updates_per_s"}  # wall-clock columns: the only ones allowed to differ
 # Updates start at step 16 and a checkpoint every 32 steps: the resumed half starts mid-learning, from a real buffer.
+# The reference's fresh x₀ (`x0_hold=1`), as the fixture run that the old code wrote; the default held x₀ resumes
+# exactly through kill -9 in tests/test_soak.py, mid-hold.
 ARGS = cli.script_args(flowrl.FlowRLConfig)(
     env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16, hidden_dim=32,
     log_interval=4, total_steps=64, eval_interval=16, eval_episodes=2, episode_length=20, checkpoint_interval=32,
-    keep_checkpoints=5)
+    keep_checkpoints=5, x0_hold=1)
 
 
 def train(args) -> None:
@@ -85,6 +88,19 @@ def test_a_run_written_before_the_harness_layout_change_resumes_exactly(tmp_path
     for row in table(old / "metrics.csv"):
         assert all(row[name] == "" for name in added) == (int(row["step"]) <= 32), row
     assert_same_run(full_run, old, blank_through_step=(32, added))
+
+
+def test_a_run_from_before_a_flag_resumes_with_the_value_it_ran_with(tmp_path, capsys):
+    """The fixture run predates `--x0-hold` and drew a fresh x₀ every step: its resume keeps that
+    (FlowRLConfig.VALUES_BEFORE_FLAGS), not today's default, and refuses another value."""
+    old = shutil.copytree(ROOT / "tests" / "fixtures" / "run_before_layout", tmp_path / "old")
+    assert "x0_hold" not in json.loads((old / "config.json").read_text())
+    flags = cli.script_args(flowrl.FlowRLConfig)
+    assert flags().x0_hold != 1
+    assert cli.parse_args(flags, flowrl.make_flowrl, ["--resume", str(old)]).config.x0_hold == 1
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(flags, flowrl.make_flowrl, ["--resume", str(old), "--x0-hold", "50"])
+    assert exit_info.value.code == 2 and "--x0-hold: 1 in the run, 50 now" in capsys.readouterr().err
 
 
 def test_same_seed_repeats_and_another_seed_differs(tmp_path, full_run):

@@ -33,10 +33,11 @@ PLAYGROUND_10M_TASKS = ("acrobot-swingup", "acrobot-swingup-sparse", "cheetah-ru
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         description="the FlowRL reference code's protocol: one env, one update per env step, batch 256, replay 1 M, "
-                    "5 000 random steps, ρ = 0.95, expectile 0.9 (0.8 on MyoSuite, as the reference recommends for "
-                    "tasks it was not tuned on), an evaluation of 5 episodes every 10 000 steps",
+                    "5 000 random steps, ρ = 0.95, a fresh x_0 every step, expectile 0.9 (0.8 on MyoSuite, as the "
+                    "reference recommends for tasks it was not tuned on), an evaluation of 5 episodes every 10 000 "
+                    "steps",
         flags=dict(num_envs=1, updates_per_iteration=1, batch_size=256, buffer_size=1_000_000, start_steps=5_000,
-                   eval_interval=10_000, eval_episodes=5, target_rate=0.95, expectile=0.9),
+                   eval_interval=10_000, eval_episodes=5, target_rate=0.95, x0_hold=1, expectile=0.9),
         by_backend={"myosuite": dict(expectile=0.8)},
     ),
     "playground-sac": Preset(
