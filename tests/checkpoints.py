@@ -2,9 +2,15 @@
 
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from common.run import checkpoint
+
+
+def numbers(leaf):
+    """A state leaf as comparable numbers: a random key as its key data, anything else as it is."""
+    return jax.random.key_data(leaf) if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf
 
 
 def load_checkpoint(path: Path, template) -> tuple[object, dict]:

@@ -13,6 +13,7 @@ from common.envs.playground import BatchedEnv
 from common.run.args import resolve
 from common.core.layout import Layout
 from common.envs.tasks import resolve_task
+from tests.checkpoints import numbers
 from tests.test_flowrl_train import TINY, TINY_FLAGS, run_script
 from tests.test_sac import TINY as SAC_TINY
 from tests.toy_env import PointMassLine
@@ -55,8 +56,7 @@ def test_seed_k_of_a_vmapped_run_equals_the_single_run_with_that_seed(make_agent
     batched = [(m, o) for m, o in zip(leaves_many, leaves_one) if np.shape(m) != np.shape(o)]
     assert len(batched) == len(leaves_one) - 2 and all(m.shape == (NUM_SEEDS, *np.shape(o)) for m, o in batched)
     for m, o in batched:
-        if jax.dtypes.issubdtype(m.dtype, jax.dtypes.prng_key):
-            m, o = jax.random.key_data(m), jax.random.key_data(o)
+        m, o = numbers(m), numbers(o)
         np.testing.assert_allclose(m[CHECKED], o, rtol=1e-4, atol=1e-5)
     # The seeds really differ (a vmap that broadcast one seed would pass the comparison above).
     q_leaf = jax.tree.leaves(many.learner.q)[0]
