@@ -22,7 +22,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import flowrl_jax  # noqa: E402
-from common.run import checkpoint  # noqa: E402
+from common.run import checkpoint, resume  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -65,8 +65,7 @@ def measure(args: Args) -> tuple[dict, flowrl_jax.FlowRLConfig, list[dict]]:
     if metadata.get("algo") != "flowrl":
         raise SystemExit(f"{args.checkpoint}: a {metadata.get('algo')} checkpoint, not a FlowRL one")
     run_config = metadata["config"]
-    # A run saved before a field existed ran with that field's default, or the value the config names for such runs.
-    saved = {**flowrl_jax.FlowRLConfig.VALUES_BEFORE_FLAGS, **run_config}
+    saved = resume.values_it_ran_with(flowrl_jax.FlowRLConfig, run_config)
     config = flowrl_jax.FlowRLConfig(**{field.name: saved[field.name]
                                         for field in dataclasses.fields(flowrl_jax.FlowRLConfig)
                                         if field.name in saved})

@@ -325,10 +325,7 @@ def parse_args(args_class: type, make_agent: MakeAlgorithm, argv: list[str] | No
         resuming = resume_at is not None and ("=" in argv[resume_at] or resume_at + 1 < len(argv))
         if resuming:
             value = argv[resume_at].partition("=")[2] or argv[resume_at + 1]
-            # A flag that the run's config.json lacks is newer than the run, which ran as its default does, or as
-            # the value the config class names for runs written before that flag existed.
-            saved = {**dataclasses.asdict(args_class()), **getattr(args_class, "VALUES_BEFORE_FLAGS", {}),
-                     **resume.saved_config(value)}
+            saved = resume.values_it_ran_with(args_class, resume.saved_config(value))
             fields = {field.name for field in dataclasses.fields(args_class)}
             flags = parse_with_tyro(args_class, argv, args_class(**{k: v for k, v in saved.items() if k in fields}))
             differences = resume.config_differences(saved, dataclasses.asdict(flags))

@@ -2,6 +2,7 @@
 whether checkpoints fit on disk (all before any env is built), and the resumed train state, laid out as the run's
 layout says and sent from process 0 to the others."""
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -43,6 +44,12 @@ def saved_config(resume: str) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"--resume: {path} is damaged and cannot be read ({error})") from None
+
+
+def values_it_ran_with(config_class: type, saved: dict) -> dict:
+    """A run's saved flags, completed: a flag that the run's record lacks is newer than the run, which ran as its
+    default does, or as the value that `config_class.VALUES_BEFORE_FLAGS` names for runs written before it existed."""
+    return {**dataclasses.asdict(config_class()), **getattr(config_class, "VALUES_BEFORE_FLAGS", {}), **saved}
 
 
 def config_differences(saved: dict, args: dict, other: str = "now") -> list[str]:
