@@ -43,6 +43,9 @@ class Args:
     """Where both runs are written (emptied first)."""
     out: str | None = None
     """Also write the report to this file."""
+    module: list[str] | None = None
+    """Run this module and its first arguments (`python -m`) instead of flowrl_jax.py, with the same flags (the test
+    suite soaks `tests.toy_cli --algo flowrl`: FlowRL and the harness around a toy env)."""
 
 
 def flags(args: Args, root: Path) -> list[str]:
@@ -52,8 +55,9 @@ def flags(args: Args, root: Path) -> list[str]:
             "--checkpoint-interval=32", "--keep-checkpoints=2", f"--run-root={root}"]
 
 
-def script(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "flowrl_jax.py", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+def script(args: Args, *argv: str) -> subprocess.Popen:
+    program = ["-m", *args.module] if args.module else ["flowrl_jax.py"]
+    return subprocess.Popen([sys.executable, *program, *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
@@ -83,12 +87,12 @@ def soak(args: Args) -> dict:
     work = Path(args.work_dir)
     subprocess.run(["rm", "-rf", str(work)], check=True)
     began = time.monotonic()
-    full_process = script(*flags(args, work / "full"))
+    full_process = script(args, *flags(args, work / "full"))
     if full_process.wait() != 0:
         raise RuntimeError(f"the uninterrupted run failed: {full_process.stderr.read()[-2000:]}")
     (full,) = (work / "full").iterdir()
 
-    process = script(*flags(args, work / "interrupted"))
+    process = script(args, *flags(args, work / "interrupted"))
     kills = resumes = 0
     while True:
         while process.poll() is None and not list((work / "interrupted").glob("*/checkpoints/*.msgpack")):
@@ -104,7 +108,7 @@ def soak(args: Args) -> dict:
         if process.returncode not in (0, -signal.SIGKILL):
             raise RuntimeError(f"the interrupted run failed ({process.returncode}): {process.stderr.read()[-2000:]}")
         (run_dir,) = (work / "interrupted").iterdir()
-        process = script("--resume", str(run_dir))
+        process = script(args, "--resume", str(run_dir))
         resumes += 1
     (interrupted,) = (work / "interrupted").iterdir()
     return dict(kills=kills, resumes=resumes, differences=compare(full, interrupted),

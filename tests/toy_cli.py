@@ -1,11 +1,23 @@
-"""The minimal DDPG's command line (tests/minimal_ddpg.py) with every env built as tests/toy_env.py's point masses,
-whatever `--env` names: for the tests of process mechanics (several processes, their waits, signals and resume)
-whose findings do not depend on the physics. Its step compiles in well under a second, an MJX task's in ~10 s.
-The run directory is named after the toy env, config.json's `env` is the flag given; `--episode-length` is required."""
+"""The harness's command line with every env built as tests/toy_env.py's point masses, whatever `--env` names: for
+the tests of process mechanics (several processes, their waits, signals, kills and resume) whose findings do not
+depend on the physics. Its step compiles in well under a second, an MJX task's in ~10 s.
 
+    python -m tests.toy_cli [--algo flowrl] FLAGS
+
+trains the minimal DDPG (tests/minimal_ddpg.py), or FlowRL with `--algo flowrl` (the first flag). The run
+directory is named after the toy env, config.json's `env` is the flag given; `--episode-length` is required."""
+
+import sys
+
+import flowrl_jax
 from common.run import cli, training
+from common.run.policy_export import PolicyFile
 from tests.minimal_ddpg import DDPGConfig, make_ddpg
 from tests.toy_env import PointMassLine
+
+ALGORITHMS = {"ddpg": (DDPGConfig, make_ddpg, None),
+              "flowrl": (flowrl_jax.FlowRLConfig, flowrl_jax.make_flowrl,
+                         PolicyFile(flowrl_jax.POLICY_FIELDS, flowrl_jax.load_policy))}
 
 
 def toy_env(task, num_envs: int, episode_length: int | None = None, **_):
@@ -15,5 +27,9 @@ def toy_env(task, num_envs: int, episode_length: int | None = None, **_):
 
 
 if __name__ == "__main__":
+    algo = "ddpg"
+    if sys.argv[1:2] == ["--algo"]:
+        algo = sys.argv[2]
+        del sys.argv[1:3]
     training.make_env = toy_env
-    cli.main("ddpg", DDPGConfig, make_ddpg)
+    cli.main(algo, *ALGORITHMS[algo])
