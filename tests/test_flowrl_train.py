@@ -100,25 +100,26 @@ def test_evaluation_modes_and_deterministic_repeatability(tiny_trainer):
 def test_flowrl_learns_cartpole_balance(tmp_path):
     """Judges the final performance: the mean of the last three evaluations (12 k, 14 k and 16 k env steps; 15
     episodes), never the best one. Half an update per env step (U/E = 1/2: 7 k updates) with the reference's
-    ρ = 0.95 and fresh x₀ (`--x0-hold 1`), the cheapest of the configs calibrated over five seeds.
+    ρ = 0.95 and fresh x₀ (`--x0-hold 1`), every network 64 wide (128 before: the same test in ~30 % less time).
 
-    Calibration (2-core CPU, this config, 2026-12-01): a uniform random policy scores 370 ± 52 per episode on
-    cartpole-balance (50 episodes), so a 15-episode mean of it sits at 370 ± 13. FlowRL, seeds 1–5 in one program
-    (`python flowrl_jax.py --env cartpole-balance --num-envs 16 --updates-per-iteration 8 --batch-size 256
-    --hidden-dim 128 --start-steps 2000 --total-steps 30000 --eval-interval 2000 --log-interval 2000
-    --num-seeds 5 --target-rate 0.95 --x0-hold 1`, whose first 16 k steps are this run's; evaluations in
-    benchmarks/results/learning_cpu/flowrl_cartpole_balance_utd0.5.csv): the mean of the evaluations at 12, 14 and
-    16 k was 984 / 815 / 663 / 673 / 750. Returns dip between evaluations, hence three of them. The threshold, 550,
-    sits 180 above random (~14 standard errors of its 15-episode mean) and 113 below the weakest seed, as exact
-    numbers differ between CPU hosts."""
+    Calibration (2-core CPU, this config): a uniform random policy scores 370 ± 52 per episode on cartpole-balance
+    (50 episodes), so a 15-episode mean of it sits at 370 ± 13. FlowRL, seeds 1–5 in one program (`python
+    flowrl_jax.py --env cartpole-balance --num-envs 16 --updates-per-iteration 8 --batch-size 256 --hidden-dim 64
+    --start-steps 2000 --total-steps 16000 --eval-interval 2000 --log-interval 2000 --num-seeds 5 --eval-episodes 5
+    --target-rate 0.95 --x0-hold 1`, evaluations in
+    benchmarks/results/learning_cpu/flowrl_cartpole_balance_utd0.5_width64.csv): the mean of the evaluations at 12,
+    14 and 16 k was 779 / 591 / 646 / 671 / 524; the single run of seed 1 that this test makes gave 752 (636, 636,
+    989). Returns dip between evaluations, hence three of them. The threshold, 450, sits 80 above random (~6
+    standard errors of its 15-episode mean) and 74 below the weakest seed, as exact numbers differ between CPU
+    hosts."""
     args = dataclasses.replace(
         Args(), env="cartpole-balance", num_envs=16, updates_per_iteration=8, batch_size=256,
-        start_steps=2_000, hidden_dim=128, total_steps=16_000, eval_interval=2_000, eval_episodes=5,
+        start_steps=2_000, hidden_dim=64, total_steps=16_000, eval_interval=2_000, eval_episodes=5,
         log_interval=2_000, run_root=str(tmp_path), seed=1, target_rate=0.95, x0_hold=1)
     training.run(resolve(args), flowrl.make_flowrl, "flowrl")
     (run_dir,) = tmp_path.iterdir()
     final_returns = read_eval_csv(run_dir / "eval.csv")["return_mean"][-3:]
-    assert len(final_returns) == 3 and np.mean(final_returns) > 550, final_returns
+    assert len(final_returns) == 3 and np.mean(final_returns) > 450, final_returns
 
 
 def test_script_runs_end_to_end_and_writes_its_run_directory(tmp_path, tiny_trainer):

@@ -23,8 +23,14 @@ def metric_steps(run_dir: Path) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(f)]
 
 
+# FlowRL through the harness's command line on tests/toy_env.py's point masses: what a signal mid-training does (the
+# chunk, the checkpoint, the logs, the exit code, the resume) does not depend on the physics, and MJX's chunk
+# compiles in ~10 s. The signals before the first chunk below go to flowrl_jax.py itself, MJX env build included.
+TOY_FLOWRL = ["-m", "tests.toy_cli", "--algo", "flowrl"]
+
+
 def start_and_signal(tmp_path: Path, signum: int) -> tuple[subprocess.CompletedProcess, Path]:
-    process = subprocess.Popen([sys.executable, "flowrl_jax.py", *FLAGS, f"--run-root={tmp_path}"], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, *TOY_FLOWRL, *FLAGS, f"--run-root={tmp_path}"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
@@ -48,7 +54,7 @@ def test_signal_checkpoints_the_current_chunk_and_exits(tmp_path, signum, exit_c
     assert steps == list(range(4, steps[-1] + 4, 4)) and steps[-1] < 40000
     assert (run_dir / "learning_curve.png").exists()
     if signum == signal.SIGTERM:  # resume and finish a few chunks later
-        resumed = subprocess.run([sys.executable, "flowrl_jax.py", "--resume", str(run_dir),
+        resumed = subprocess.run([sys.executable, *TOY_FLOWRL, "--resume", str(run_dir),
                                   f"--total-steps={steps[-1] + 8}"], cwd=ROOT, capture_output=True, text=True,
                                  timeout=600)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -77,13 +83,14 @@ class Output:
             time.sleep(0.05)
 
 
-def start(tmp_path: Path, *flags: str, fresh_cache: bool = False) -> tuple[subprocess.Popen, Output]:
+def start(tmp_path: Path, *flags: str, fresh_cache: bool = False,
+          program: tuple[str, ...] = ("flowrl_jax.py",)) -> tuple[subprocess.Popen, Output]:
     import os
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if fresh_cache:  # nothing compiled before: the compile is long enough to be signalled inside
         env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "xla-cache")
-    process = subprocess.Popen([sys.executable, "flowrl_jax.py", *FLAGS, f"--run-root={tmp_path / 'runs'}", *flags],
+    process = subprocess.Popen([sys.executable, *program, *FLAGS, f"--run-root={tmp_path / 'runs'}", *flags],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     return process, Output(process)
 
@@ -111,8 +118,9 @@ def test_a_signal_during_imports_exits_promptly(tmp_path):
 
 
 def test_the_first_signal_is_answered_at_once_and_a_second_stops_at_once(tmp_path):
-    # 50-iteration chunks: long enough that both signals land inside one chunk.
-    process, output = start(tmp_path, "--log-interval=200", "--eval-interval=100000")
+    # 10 000-iteration chunks of the toy (~5 s): long enough that both signals land inside one chunk.
+    process, output = start(tmp_path, "--log-interval=40000", "--eval-interval=1000000", "--total-steps=400000",
+                            program=tuple(TOY_FLOWRL))
     output.wait_for("compiled and ran the first chunk", process)
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
@@ -124,4 +132,4 @@ def test_the_first_signal_is_answered_at_once_and_a_second_stops_at_once(tmp_pat
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert not list(run_dir.glob("checkpoints/*"))  # the interval was never reached, and no partial save is left
     steps = metric_steps(run_dir)
-    assert steps and steps == list(range(200, steps[-1] + 200, 200))  # every finished chunk's row, none torn
+    assert steps and steps == list(range(40000, steps[-1] + 40000, 40000))  # every finished chunk's row, none torn
