@@ -210,7 +210,7 @@ def test_evaluator_masks_rewards_after_the_first_episode_ends():
 def test_a_diverged_env_is_flagged_and_reset_while_the_others_run_on(env):
     """A NaN action makes env 0's physics diverge: the step is flagged nonfinite (not terminal, not truncated, so the
     trainer drops it from the replay), env 0 restarts from a finite reset state, envs 1–2 are untouched."""
-    state = env.reset(jax.random.PRNGKey(3))
+    state = fast_jit(env.reset)(jax.random.PRNGKey(3))
     action = jnp.zeros((E, env.action_size)).at[0].set(jnp.nan)
     new_state, out = fast_jit(env.step)(state, action)
     assert list(np.asarray(out.nonfinite)) == [True, False, False]
