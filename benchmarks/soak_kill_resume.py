@@ -45,7 +45,7 @@ class Args:
     """Also write the report to this file."""
     module: list[str] | None = None
     """Run this module and its first arguments (`python -m`) instead of flowrl_jax.py, with the same flags (the test
-    suite soaks `tests.toy_cli --algo flowrl`: FlowRL and the harness around a toy env)."""
+    suite soaks `tests.toy_cli flowrl`: FlowRL and the harness around a toy env)."""
 
 
 def flags(args: Args, root: Path) -> list[str]:

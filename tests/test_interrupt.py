@@ -26,7 +26,7 @@ def metric_steps(run_dir: Path) -> list[int]:
 # FlowRL through the harness's command line on tests/toy_env.py's point masses: what a signal mid-training does (the
 # chunk, the checkpoint, the logs, the exit code, the resume) does not depend on the physics, and MJX's chunk
 # compiles in ~10 s. The signals before the first chunk below go to flowrl_jax.py itself, MJX env build included.
-TOY_FLOWRL = ["-m", "tests.toy_cli", "--algo", "flowrl"]
+TOY_FLOWRL = ["-m", "tests.toy_cli", "flowrl"]
 
 
 def start_and_signal(tmp_path: Path, signum: int) -> tuple[subprocess.CompletedProcess, Path]:

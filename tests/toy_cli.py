@@ -2,9 +2,9 @@
 the tests of process mechanics (several processes, their waits, signals, kills and resume) whose findings do not
 depend on the physics. Its step compiles in well under a second, an MJX task's in ~10 s.
 
-    python -m tests.toy_cli [--algo flowrl] FLAGS
+    python -m tests.toy_cli [flowrl] FLAGS
 
-trains the minimal DDPG (tests/minimal_ddpg.py), or FlowRL with `--algo flowrl` (the first flag). The run
+trains the minimal DDPG (tests/minimal_ddpg.py), or FlowRL when the first argument is `flowrl`. The run
 directory is named after the toy env, config.json's `env` is the flag given; `--episode-length` is required."""
 
 import sys
@@ -27,9 +27,6 @@ def toy_env(task, num_envs: int, episode_length: int | None = None, **_):
 
 
 if __name__ == "__main__":
-    algo = "ddpg"
-    if sys.argv[1:2] == ["--algo"]:
-        algo = sys.argv[2]
-        del sys.argv[1:3]
+    algo = sys.argv.pop(1) if sys.argv[1:2] == ["flowrl"] else "ddpg"
     training.make_env = toy_env
     cli.main(algo, *ALGORITHMS[algo])
