@@ -273,7 +273,7 @@ def test_bad_input_exits_2_with_its_message_before_compiling(flags, message):
 # ----------------------------------------------------------------------------------------------------------------------
 def test_sac_learns_cartpole_balance(tmp_path):
     """Judges the final performance: the mean of the last three evaluations (12 k, 14 k and 16 k env steps; 15
-    episodes), never the best one. Every network 64 wide (128 before: the same test in ~40 % less time).
+    episodes), never the best one. Every network 64 wide (what the suite's time allows: benchmarks/results/test_suite).
 
     Calibration (2-core CPU; this config, default SAC flags otherwise):
 

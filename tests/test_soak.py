@@ -3,8 +3,8 @@ uninterrupted run ends (benchmarks/soak_kill_resume.py runs the long version on 
 
 It trains FlowRL with its default held x₀ through the harness's command line on tests/toy_env.py's point masses
 (tests/toy_cli.py): what a kill can break (a checkpoint or a log cut short, the held x₀ mid-block, the replay, the
-keys) does not depend on the physics, and four processes that each build and load MJX cartpole took ~110 s where
-these take ~25 s. MJX's env state resumes exactly in tests/test_resume.py."""
+keys) does not depend on the physics, and each of the four processes would otherwise build MJX cartpole and load its
+chunk. MJX's env state resumes exactly in tests/test_resume.py."""
 
 from benchmarks import soak_kill_resume
 
