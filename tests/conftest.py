@@ -52,3 +52,42 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     rank = {name: index for index, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort: tests keep their order in a file
+
+
+# Playground envs and trainers that training.run built in this worker, by what they were built from (see below).
+_BUILT: dict = {}
+
+
+@pytest.fixture(scope="module")
+def reused_trainers():
+    """While a module that asks for it runs, training.run reuses the Playground envs and the trainer that an earlier
+    run in this worker built from the same task, sizes, config and chunk spec (another seed, another total, a
+    resume): its jitted functions are traced once, instead of once per run (about 10 s a run on MJX, cache hits or
+    not). A Playground env holds no state between calls, nor does a trainer. Host envs (their own threads and
+    simulators) are built fresh, as is every run in a module that does not ask; separate processes, as in the soak
+    and the kill and resume tests, build their own."""
+    from common.run import training
+
+    make_env, build_trainer = training.make_env, training.build_trainer
+
+    def reused_env(task, num_envs, **options):
+        if task.backend != "playground":
+            return make_env(task, num_envs, **options)
+        key = ("env", task, num_envs, tuple(sorted(options.items())))
+        if key not in _BUILT:
+            _BUILT[key] = make_env(task, num_envs, **options)
+        return _BUILT[key]
+
+    def reused_trainer(run, make_agent, env, eval_env):
+        if any(built is env for built in _BUILT.values()) and any(built is eval_env for built in _BUILT.values()):
+            key = ("trainer", make_agent, repr(run.config), run.spec, id(env), id(eval_env),
+                   bool(run.args.video_interval))
+            if key not in _BUILT:
+                _BUILT[key] = build_trainer(run, make_agent, env, eval_env)
+            return _BUILT[key]
+        return build_trainer(run, make_agent, env, eval_env)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "make_env", reused_env)
+        patch.setattr(training, "build_trainer", reused_trainer)
+        yield

@@ -12,6 +12,8 @@ from common.run.args import resolve
 from common.run.args import RunArgs
 from tests.test_robust_runs import SHORT
 
+pytestmark = pytest.mark.usefixtures("reused_trainers")  # tests/conftest.py
+
 FLOWRL_FLAGS, SAC_FLAGS = cli.script_args(flowrl.FlowRLConfig), cli.script_args(sac.SACConfig)
 
 

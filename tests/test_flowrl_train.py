@@ -19,13 +19,17 @@ from common.envs.tasks import resolve_task
 
 ROOT = Path(__file__).resolve().parents[1]
 Args = cli.script_args(flowrl.FlowRLConfig)  # the script's flags
-# One iteration per chunk (log_interval = num_envs) so that each chunk is exactly one env step + U updates.
+# One iteration per chunk (log_interval = num_envs) so that each chunk is exactly one env step + U updates. The
+# reference's fresh x₀ (`x0_hold=1`), as tests/test_resume.py's runs need: every tiny FlowRL run on MJX in the suite
+# then builds the same programs, which the persistent compilation cache serves across test files. The default held
+# x₀ trains on MJX in tests/test_gpu_check.py and through kill -9 in tests/test_soak.py.
 TINY = Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
-            hidden_dim=32, log_interval=4, total_steps=64, eval_interval=32, eval_episodes=2, episode_length=20)
+            hidden_dim=32, log_interval=4, total_steps=64, eval_interval=32, eval_episodes=2, episode_length=20,
+            x0_hold=1)
 # The same run as command-line flags: the smoke subprocess then builds the programs the fixture compiled (and cached).
 TINY_FLAGS = [f"--{name.replace('_', '-')}={getattr(TINY, name)}" for name in (
     "env", "num_envs", "updates_per_iteration", "batch_size", "start_steps", "hidden_dim", "log_interval",
-    "total_steps", "eval_interval", "eval_episodes", "episode_length")]
+    "total_steps", "eval_interval", "eval_episodes", "episode_length", "x0_hold")]
 
 
 def run_script(*flags: str) -> subprocess.CompletedProcess:
@@ -140,7 +144,7 @@ def test_script_runs_end_to_end_and_writes_its_run_directory(tmp_path, tiny_trai
     assert any((run_dir / "tb").iterdir())
 
 
-@pytest.mark.parametrize("flags, message", [
+BAD_INPUT = [
     (["--env", "humanoid-wlk"], "close matches: humanoid-walk"),
     (["--num-envs", "0"], "--num-envs must be a positive integer"),
     (["--total-steps", "-5"], "--total-steps must be a positive integer"),
@@ -150,12 +154,27 @@ def test_script_runs_end_to_end_and_writes_its_run_directory(tmp_path, tiny_trai
      "--num-envs must be ≤ --buffer-size=32"),
     (["--recent-window", "4096", "--buffer-size", "2048"], "--recent-window must be ≤ --buffer-size=2048"),
     (["--expectile", "1.5"], "--expectile must be in (0.0, 1.0]"),
-])
-def test_bad_input_exits_2_with_one_line_before_compiling(tmp_path, flags, message):
+]
+
+
+def test_bad_input_exits_2_with_one_line_before_compiling(tmp_path):
+    """The script's own process: exit status 2 and one line, before it creates a run, let alone compiles."""
+    flags, message = BAD_INPUT[0]
     result = run_script(*flags, f"--run-root={tmp_path}")
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.strip().count("\n") == 0
-    assert not any(tmp_path.iterdir())  # stopped before creating a run, let alone compiling
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, message", BAD_INPUT[1:])
+def test_each_bad_value_is_refused_with_one_line(flags, message, tmp_path, capsys):
+    """The script's parse and checks (cli.parse_args, what `main` runs first), in this process: a process each
+    would cost seconds of imports and check nothing more than the test above."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(Args, flowrl.make_flowrl, [*flags, f"--run-root={tmp_path}"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in error and error.strip().count("\n") == 0
+    assert not any(tmp_path.iterdir())
 
 
 def test_env_list_prints_every_task():

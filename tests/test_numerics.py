@@ -13,11 +13,10 @@ from common.run import checkpoint, cli, resume, training
 from common.envs.playground import BatchedEnv
 from common.run.args import resolve
 from common.envs.tasks import resolve_task
+from tests.test_flowrl_train import TINY
 
 Args = cli.script_args(flowrl.FlowRLConfig)
-ARGS = Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
-            hidden_dim=32, log_interval=4, total_steps=64, eval_interval=16, eval_episodes=2,
-            episode_length=20, checkpoint_interval=16)
+ARGS = dataclasses.replace(TINY, eval_interval=16, checkpoint_interval=16)  # the tiny run's programs
 
 
 def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):

@@ -15,16 +15,15 @@ import flowrl_jax as flowrl
 from common.run import checkpoint, cli, training
 from common.run.args import resolve
 from tests.checkpoints import checkpoint_leaves
+from tests.test_flowrl_train import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("reused_trainers")  # tests/conftest.py
 TIMING = {"env_steps_per_s", "updates_per_s"}  # wall-clock columns: the only ones allowed to differ
 # Updates start at step 16 and a checkpoint every 32 steps: the resumed half starts mid-learning, from a real buffer.
-# The reference's fresh x₀ (`x0_hold=1`), as the fixture run that the old code wrote; the default held x₀ resumes
-# exactly through kill -9 in tests/test_soak.py, mid-hold.
-ARGS = cli.script_args(flowrl.FlowRLConfig)(
-    env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16, hidden_dim=32,
-    log_interval=4, total_steps=64, eval_interval=16, eval_episodes=2, episode_length=20, checkpoint_interval=32,
-    keep_checkpoints=5, x0_hold=1)
+# tests/test_flowrl_train.py's tiny run (the same programs): the reference's fresh x₀ (`x0_hold=1`), as the fixture
+# run that the old code wrote; the default held x₀ resumes exactly through kill -9 in tests/test_soak.py, mid-hold.
+ARGS = dataclasses.replace(TINY, eval_interval=16, checkpoint_interval=32, keep_checkpoints=5)
 
 
 def train(args) -> None:

@@ -25,6 +25,8 @@ from common.envs.make import make_env
 from common.envs.tasks import resolve_task
 from tests.test_resume import ARGS, table
 
+pytestmark = pytest.mark.usefixtures("reused_trainers")  # tests/conftest.py
+
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = dataclasses.replace(ARGS, total_steps=32, checkpoint_interval=16, eval_interval=32)
 

@@ -249,7 +249,7 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert list(evaluations["step"]) == [64] and np.isfinite(evaluations["return_mean"]).all()
 
 
-@pytest.mark.parametrize("flags, message", [
+BAD_INPUT = [
     (["--num-envs", "0"], "--num-envs must be a positive integer"),
     (["--env", "humanoid-wlk"], "close matches: humanoid-walk"),
     (["--batch-size", "600", "--start-steps", "500", "--num-envs", "16"], "--batch-size must be ≤ 512"),
@@ -260,12 +260,27 @@ def test_smoke_run_writes_every_output(tmp_path):
     (["--target-entropy", "nan"], "--target-entropy must be a finite number"),
     (["--critic-hidden-dim", "0"], "--critic-hidden-dim must be a positive integer"),
     (["--critic", "wide"], "--critic"),
-])
-def test_bad_input_exits_2_with_its_message_before_compiling(flags, message):
-    result = run_sac(*flags, timeout=60)
+]
+
+
+def test_bad_input_exits_2_with_its_message_before_compiling(tmp_path):
+    """The script's own process: exit status 2 and the message, no traceback, no run directory."""
+    flags, message = BAD_INPUT[0]
+    result = run_sac(*flags, f"--run-root={tmp_path}", timeout=60)
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert "run directory" not in result.stdout
+    assert "run directory" not in result.stdout and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, message", BAD_INPUT[1:])
+def test_each_bad_value_is_refused_with_its_message(flags, message, tmp_path, capsys):
+    """The script's parse and checks (cli.parse_args, what `main` runs first), in this process: a process each
+    would cost seconds of imports and check nothing more than the test above."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(Args, sac.make_sac, [*flags, f"--run-root={tmp_path}"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in error and "Traceback" not in error
+    assert not any(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from tests.test_flowrl_train import TINY
 from tests.test_host_envs import HOST
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("reused_trainers")  # tests/conftest.py
 POLICY_FIELDS = flowrl.POLICY_FIELDS
 # Evaluations at 16, 32, 48 and 64 env steps; every third is filmed (48), and the last one (64).
 PLAYGROUND = dataclasses.replace(TINY, eval_interval=16, checkpoint_interval=32, eval_mode="deterministic",
