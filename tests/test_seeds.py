@@ -1,6 +1,7 @@
 """`--num-seeds`: S seeds vmapped in one program, each equal to the single run with its seed."""
 
 import csv
+import dataclasses
 
 import jax
 import numpy as np
@@ -8,13 +9,13 @@ import pytest
 
 import flowrl_jax as flowrl
 import sac_jax as sac
-from common.run import training
+from common.run import cli, training
 from common.envs.playground import BatchedEnv
 from common.run.args import resolve
 from common.core.layout import Layout
 from common.envs.tasks import resolve_task
 from tests.checkpoints import numbers
-from tests.test_flowrl_train import TINY, TINY_FLAGS, run_script
+from tests.test_flowrl_train import TINY, TINY_FLAGS, Args
 from tests.test_sac import TINY as SAC_TINY
 from tests.toy_env import PointMassLine
 
@@ -72,8 +73,8 @@ def test_seed_k_of_a_vmapped_run_equals_the_single_run_with_that_seed(make_agent
 
 
 def test_num_seeds_run_writes_a_seed_column(tmp_path):
-    result = run_script(*TINY_FLAGS, f"--num-seeds={NUM_SEEDS}", f"--run-root={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    training.run(resolve(dataclasses.replace(TINY, num_seeds=NUM_SEEDS, run_root=str(tmp_path))), flowrl.make_flowrl,
+                 "flowrl")
     (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.startswith(f"{TINY.env}__playground__flowrl__1-3__")
     for name in ("metrics.csv", "eval.csv"):
@@ -86,6 +87,7 @@ def test_num_seeds_run_writes_a_seed_column(tmp_path):
     assert (run_dir / "learning_curve.png").stat().st_size > 0
 
 
-def test_num_seeds_must_be_positive():
-    result = run_script(*TINY_FLAGS, "--num-seeds=0")
-    assert result.returncode == 2 and "--num-seeds must be a positive integer" in result.stderr
+def test_num_seeds_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(Args, flowrl.make_flowrl, [*TINY_FLAGS, "--num-seeds=0"])
+    assert exit_info.value.code == 2 and "--num-seeds must be a positive integer" in capsys.readouterr().err
