@@ -91,3 +91,18 @@ def reused_trainers():
         patch.setattr(training, "make_env", reused_env)
         patch.setattr(training, "build_trainer", reused_trainer)
         yield
+
+
+@pytest.fixture
+def refused(capsys):
+    """refused(args_class, make_agent, argv): the script's parse and checks (common.run.cli.parse_args, what its
+    `main` runs first) on argv, in this process, which must exit 2; what they wrote to stderr."""
+    from common.run import cli
+
+    def parse(args_class, make_agent, argv):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.parse_args(args_class, make_agent, argv)
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    return parse

@@ -167,14 +167,10 @@ def test_bad_input_exits_2_with_one_line_before_compiling(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", BAD_INPUT[1:])
-def test_each_bad_value_is_refused_with_one_line(flags, message, tmp_path, capsys):
-    """The script's parse and checks (cli.parse_args, what `main` runs first), in this process: a process each
-    would cost seconds of imports and check nothing more than the test above."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.parse_args(Args, flowrl.make_flowrl, [*flags, f"--run-root={tmp_path}"])
-    error = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message in error and error.strip().count("\n") == 0
-    assert not any(tmp_path.iterdir())
+def test_each_bad_value_is_refused_with_one_line(flags, message, tmp_path, refused):
+    """In this process (a process each would cost seconds of imports and check nothing more than the test above)."""
+    error = refused(Args, flowrl.make_flowrl, [*flags, f"--run-root={tmp_path}"])
+    assert message in error and error.strip().count("\n") == 0 and not any(tmp_path.iterdir())
 
 
 def test_env_list_prints_every_task():

@@ -9,7 +9,7 @@ import pytest
 
 import flowrl_jax as flowrl
 import sac_jax as sac
-from common.run import cli, training
+from common.run import training
 from common.envs.playground import BatchedEnv
 from common.run.args import resolve
 from common.core.layout import Layout
@@ -87,7 +87,5 @@ def test_num_seeds_run_writes_a_seed_column(tmp_path):
     assert (run_dir / "learning_curve.png").stat().st_size > 0
 
 
-def test_num_seeds_must_be_positive(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.parse_args(Args, flowrl.make_flowrl, [*TINY_FLAGS, "--num-seeds=0"])
-    assert exit_info.value.code == 2 and "--num-seeds must be a positive integer" in capsys.readouterr().err
+def test_num_seeds_must_be_positive(refused):
+    assert "--num-seeds must be a positive integer" in refused(Args, flowrl.make_flowrl, [*TINY_FLAGS, "--num-seeds=0"])
