@@ -62,8 +62,8 @@ _BUILT: dict = {}
 def reused_trainers():
     """While a module that asks for it runs, training.run reuses the Playground envs and the trainer that an earlier
     run in this worker built from the same task, sizes, config and chunk spec (another seed, another total, a
-    resume): its jitted functions are traced once, instead of once per run (about 10 s a run on MJX, cache hits or
-    not). A Playground env holds no state between calls, nor does a trainer. Host envs (their own threads and
+    resume): its jitted functions are traced once, instead of once per run (seconds a run on MJX, even when the
+    persistent cache holds every program). A Playground env holds no state between calls, nor does a trainer. Host envs (their own threads and
     simulators) are built fresh, as is every run in a module that does not ask; separate processes, as in the soak
     and the kill and resume tests, build their own."""
     from common.run import training
