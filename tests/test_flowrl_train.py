@@ -22,7 +22,7 @@ Args = cli.script_args(flowrl.FlowRLConfig)  # the script's flags
 # One iteration per chunk (log_interval = num_envs) so that each chunk is exactly one env step + U updates. The
 # reference's fresh x₀ (`x0_hold=1`), as tests/test_resume.py's runs need: every tiny FlowRL run on MJX in the suite
 # then builds the same programs, which the persistent compilation cache serves across test files. The default held
-# x₀ trains on MJX in tests/test_gpu_check.py and through kill -9 in tests/test_soak.py.
+# x₀ trains on MJX in tests/test_gpu_check.py, and resumes through kill -9 in tests/test_soak.py (on the toy env).
 TINY = Args(env="cartpole-balance", num_envs=4, updates_per_iteration=1, batch_size=16, start_steps=16,
             hidden_dim=32, log_interval=4, total_steps=64, eval_interval=32, eval_episodes=2, episode_length=20,
             x0_hold=1)
