@@ -54,18 +54,15 @@ def test_ids_resolve_without_regard_to_case_and_after_the_other_backends():
     assert ["myoHandReachRandom-v0", "myosuite", "myoHandReachRandom-v0", "obs", "115,", "action", "39"] in rows
 
 
-def test_without_myosuite_the_names_still_resolve_and_building_exits_2_with_the_install_line(monkeypatch, capsys):
+def test_without_myosuite_the_names_still_resolve_and_building_exits_2_with_the_install_line(monkeypatch, refused):
     installed = tasks.installed
     monkeypatch.setattr(tasks, "installed", lambda package: package != "myosuite" and installed(package))
     assert resolve_task("myohandposerandom-v0") == Task("myoHandPoseRandom-v0", "myosuite", "myoHandPoseRandom-v0")
     assert "myoHandPoseRandom-v0" in format_task_list()
     with pytest.raises(UnknownEnvError, match="needs MyoSuite, which is not installed: pip install -r requirements"):
         make_env(resolve_task("myoHandPoseRandom-v0"), 1)
-    monkeypatch.setattr("sys.argv", ["flowrl_jax.py", "--env", "myoHandPoseRandom-v0"])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.parse_args(cli.script_args(flowrl.FlowRLConfig), flowrl.make_flowrl)
-    assert exit_info.value.code == 2
-    assert "needs MyoSuite, which is not installed: pip install -r requirements.txt" in capsys.readouterr().err
+    error = refused(cli.script_args(flowrl.FlowRLConfig), flowrl.make_flowrl, ["--env", "myoHandPoseRandom-v0"])
+    assert "needs MyoSuite, which is not installed: pip install -r requirements.txt" in error
 
 
 def test_every_row_of_the_table_has_the_sizes_of_the_built_env():

@@ -53,11 +53,8 @@ def test_the_playground_preset_takes_playground_s_steps_per_task(tmp_path):
             walk.config.normalize_observations) == (128, 512, 1e-3, True)
 
 
-def test_an_unknown_preset_is_one_line_exit_2(tmp_path, capsys):
-    with pytest.raises(SystemExit) as stopped:
-        parse(FLOWRL_FLAGS, flowrl.make_flowrl, tmp_path, "--preset", "fast")
-    error = capsys.readouterr().err
-    assert stopped.value.code == 2
+def test_an_unknown_preset_is_one_line_exit_2(tmp_path, refused):
+    error = refused(FLOWRL_FLAGS, flowrl.make_flowrl, ["--preset", "fast", f"--run-root={tmp_path}"])
     assert error.strip() == "error: --preset must be one of paper, playground-sac, got 'fast'"
 
 

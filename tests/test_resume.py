@@ -89,7 +89,7 @@ def test_a_run_written_before_the_harness_layout_change_resumes_exactly(tmp_path
     assert_same_run(full_run, old, blank_through_step=(32, added))
 
 
-def test_a_run_from_before_a_flag_resumes_with_the_value_it_ran_with(tmp_path, capsys):
+def test_a_run_from_before_a_flag_resumes_with_the_value_it_ran_with(tmp_path, refused):
     """The fixture run predates `--x0-hold` and drew a fresh x₀ every step: its resume keeps that
     (FlowRLConfig.VALUES_BEFORE_FLAGS), not today's default, and refuses another value."""
     old = shutil.copytree(ROOT / "tests" / "fixtures" / "run_before_layout", tmp_path / "old")
@@ -97,9 +97,8 @@ def test_a_run_from_before_a_flag_resumes_with_the_value_it_ran_with(tmp_path, c
     flags = cli.script_args(flowrl.FlowRLConfig)
     assert flags().x0_hold != 1
     assert cli.parse_args(flags, flowrl.make_flowrl, ["--resume", str(old)]).config.x0_hold == 1
-    with pytest.raises(SystemExit) as exit_info:
-        cli.parse_args(flags, flowrl.make_flowrl, ["--resume", str(old), "--x0-hold", "50"])
-    assert exit_info.value.code == 2 and "--x0-hold: 1 in the run, 50 now" in capsys.readouterr().err
+    error = refused(flags, flowrl.make_flowrl, ["--resume", str(old), "--x0-hold", "50"])
+    assert "--x0-hold: 1 in the run, 50 now" in error
 
 
 def test_same_seed_repeats_and_another_seed_differs(tmp_path, full_run):

@@ -211,14 +211,12 @@ def test_a_run_stopped_before_its_first_checkpoint_cannot_be_resumed_and_says_so
         (run_dir / "checkpoints").mkdir(exist_ok=missing)
 
 
-def test_a_damaged_config_is_refused_naming_the_file(tmp_path, capsys):
+def test_a_damaged_config_is_refused_naming_the_file(tmp_path, refused):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text('{"env": "cartpole\x01-balance"}')
-    with pytest.raises(SystemExit) as stopped:
-        cli.parse_args(cli.script_args(flowrl.FlowRLConfig), flowrl.make_flowrl, ["--resume", str(run_dir)])
-    error = capsys.readouterr().err
-    assert stopped.value.code == 2 and len(error.strip().splitlines()) == 1, error
+    error = refused(cli.script_args(flowrl.FlowRLConfig), flowrl.make_flowrl, ["--resume", str(run_dir)])
+    assert len(error.strip().splitlines()) == 1, error
     assert f"{run_dir / 'config.json'} is damaged" in error
 
 
