@@ -24,8 +24,8 @@ def metric_steps(run_dir: Path) -> list[int]:
 
 
 # FlowRL through the harness's command line on tests/toy_env.py's point masses: what a signal mid-training does (the
-# chunk, the checkpoint, the logs, the exit code, the resume) does not depend on the physics, and MJX's chunk
-# compiles in ~10 s. The signals before the first chunk below go to flowrl_jax.py itself, MJX env build included.
+# chunk, the checkpoint, the logs, the exit code, the resume) does not depend on the physics, and the toy's chunk
+# compiles far sooner than MJX's. The signals before the first chunk below go to flowrl_jax.py itself, MJX env build included.
 TOY_FLOWRL = ("-m", "tests.toy_cli", "flowrl")
 
 
@@ -118,7 +118,7 @@ def test_a_signal_during_imports_exits_promptly(tmp_path):
 
 
 def test_the_first_signal_is_answered_at_once_and_a_second_stops_at_once(tmp_path):
-    # 10 000-iteration chunks of the toy (~5 s): long enough that both signals land inside one chunk.
+    # 10 000-iteration chunks of the toy: long enough that both signals land inside one chunk.
     process, output = start(tmp_path, "--log-interval=40000", "--eval-interval=1000000", "--total-steps=400000",
                             program=TOY_FLOWRL)
     output.wait_for("compiled and ran the first chunk", process)
