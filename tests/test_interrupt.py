@@ -25,7 +25,8 @@ def metric_steps(run_dir: Path) -> list[int]:
 
 # FlowRL through the harness's command line on tests/toy_env.py's point masses: what a signal mid-training does (the
 # chunk, the checkpoint, the logs, the exit code, the resume) does not depend on the physics, and the toy's chunk
-# compiles far sooner than MJX's. The signals before the first chunk below go to flowrl_jax.py itself, MJX env build included.
+# compiles far sooner than MJX's. The signals before the first chunk below go to flowrl_jax.py itself, MJX env build
+# included.
 TOY_FLOWRL = ("-m", "tests.toy_cli", "flowrl")
 
 
