@@ -1,4 +1,4 @@
-"""Each algorithm file stands alone: the README's examples run from a lone copy, and the harness runs exactly the
+"""Each algorithm file stands alone: the documented examples run from a lone copy, and the harness runs exactly the
 public `update`."""
 
 import dataclasses
@@ -27,9 +27,12 @@ from tests.test_flowrl_train import TINY
 from tests.test_sac import TINY as SAC_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-README_SECTION = "## Use the algorithm in your own code"
+# The documented examples: the README's section holds FlowRL's, then the policy block; docs/algorithm.md's SAC section
+# holds SAC's.
+README_EXAMPLES = (ROOT / "README.md", "## Use the algorithm in your own code")
+SAC_EXAMPLE = (ROOT / "docs" / "algorithm.md", "## SAC, the baseline")
 
-# Appended to a README block: it names `initial_state`, `state`, `actions`, `greedy_actions` and `metrics`.
+# Appended to an example: it names `initial_state`, `state`, `actions`, `greedy_actions` and `metrics`.
 CHECKS = """
 import sys
 assert "common" not in sys.modules, "the harness was imported"
@@ -43,19 +46,20 @@ print("checks passed")
 """
 
 
-def readme_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
+def python_blocks(document: Path, heading: str) -> list[str]:
+    """The python code blocks of one section (`heading` to the next heading of its level) of a document."""
+    section = document.read_text().split(heading, 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
 
 
-@pytest.mark.parametrize("index, filename", [(0, "flowrl_jax.py"), (1, "sac_jax.py")], ids=["flowrl", "sac"])
-def test_readme_example_runs_from_the_lone_copied_file(tmp_path, index, filename):
-    blocks = readme_blocks()
-    assert len(blocks) == 3 and filename.removesuffix(".py") in blocks[index]
-    assert len(blocks[index].splitlines()) <= 26  # the README promises short examples
+@pytest.mark.parametrize("example, count, filename", [(README_EXAMPLES, 2, "flowrl_jax.py"),
+                                                      (SAC_EXAMPLE, 1, "sac_jax.py")], ids=["flowrl", "sac"])
+def test_the_documented_example_runs_from_the_lone_copied_file(tmp_path, example, count, filename):
+    blocks = python_blocks(*example)
+    assert len(blocks) == count and filename.removesuffix(".py") in blocks[0]
+    assert len(blocks[0].splitlines()) <= 26  # the documents promise short examples
     shutil.copy(ROOT / filename, tmp_path / filename)
-    (tmp_path / "example.py").write_text("import numpy as np\n" + blocks[index] + CHECKS)
+    (tmp_path / "example.py").write_text("import numpy as np\n" + blocks[0] + CHECKS)
     # Only the copied file is importable: the script's own directory is the first entry of sys.path, and nothing
     # points back at the repository.
     env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
@@ -97,7 +101,7 @@ def test_an_exported_policy_loads_and_acts_in_the_lone_copied_file(tmp_path, mod
     fresh = make(config, obs_size, action_size).init(jax.random.key(0))
     assert not np.allclose(agent.act(fresh, obs, jax.random.key(0), True), np.load(tmp_path / "expected_action.npy"))
 
-    block = readme_blocks()[2].replace("flowrl_jax", module.__name__)
+    block = python_blocks(*README_EXAMPLES)[1].replace("flowrl_jax", module.__name__)
     filename = f"{module.__name__}.py"
     shutil.copy(ROOT / filename, tmp_path / filename)
     (tmp_path / "example.py").write_text("import numpy as np\n" + block + POLICY_CHECKS)
